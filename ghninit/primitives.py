@@ -1,0 +1,249 @@
+"""The 15 GHN-2 primitives and the registry that maps layers and tensor ops to them.
+
+A *module rule* turns one leaf ``nn.Module`` into a short chain of graph nodes (for example a
+``Conv2d`` becomes ``conv`` weight -> ``bias``); a *function rule* turns one traced function or
+method call (``add``, ``cat``, ``mean``...) into an op node, or into nothing. Anything without a
+rule is dropped from the graph and its inputs are wired to its consumers. This registry is the one
+place to extend coverage: decorate a function with :func:`register_module` or
+:func:`register_function`, the way timm registers models.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import fx
+
+PRIMITIVES: tuple[str, ...] = (
+    "max_pool", "avg_pool", "sep_conv", "dil_conv", "conv", "msa", "cse", "sum",
+    "concat", "input", "bias", "bn", "ln", "pos_enc", "glob_avg",
+)  # fmt: skip
+PRIMITIVE_INDEX: dict[str, int] = {p: i for i, p in enumerate(PRIMITIVES)}
+NORM_PRIMITIVES = ("bn", "ln")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One graph node a rule asks for.
+
+    Attributes:
+        primitive: one of :data:`PRIMITIVES`.
+        param: attribute path of the parameter relative to the module (``"weight"``,
+            ``"out_proj.bias"``), or ``None`` for a parameter-free op.
+        shape: the parameter's shape, or the op's own shape (pooling: ``(1, 1, k, k)``).
+        min_inputs: the node is kept only with at least this many distinct inputs
+            (``sum`` and ``concat`` use 2).
+    """
+
+    primitive: str
+    param: str | None = None
+    shape: tuple[int, ...] | None = None
+    min_inputs: int = 0
+
+
+ModuleRule = Callable[[nn.Module], "list[NodeSpec] | None"]
+FunctionRule = Callable[[fx.Node, dict], "list[NodeSpec] | None"]
+
+_MODULE_RULES: list[tuple[tuple[type, ...], ModuleRule]] = []
+_FUNCTION_RULES: dict[object, FunctionRule] = {}
+
+
+def register_module(*types: type) -> Callable[[ModuleRule], ModuleRule]:
+    """Register a rule for modules that are instances of ``types`` (subclasses count).
+
+    Later registrations take precedence, so a rule for a subclass can refine a base rule.
+    Registered modules are kept as leaves when tracing.
+    """
+
+    def wrap(rule: ModuleRule) -> ModuleRule:
+        _MODULE_RULES.insert(0, (types, rule))
+        return rule
+
+    return wrap
+
+
+def register_function(*targets: object) -> Callable[[FunctionRule], FunctionRule]:
+    """Register a rule for traced calls whose target is one of ``targets``.
+
+    A target is a Python callable (``torch.cat``, ``operator.add``) for ``call_function``
+    nodes, or a method name string (``"mean"``) for ``call_method`` nodes.
+    """
+
+    def wrap(rule: FunctionRule) -> FunctionRule:
+        for target in targets:
+            _FUNCTION_RULES[target] = rule
+        return rule
+
+    return wrap
+
+
+def module_rule(module: nn.Module) -> ModuleRule | None:
+    """The rule registered for ``module``'s type, or ``None``."""
+    for types, rule in _MODULE_RULES:
+        if isinstance(module, types):
+            return rule
+    return None
+
+
+def function_rule(target: object) -> FunctionRule | None:
+    """The rule registered for a traced call target, or ``None``."""
+    try:
+        return _FUNCTION_RULES.get(target)
+    except TypeError:  # unhashable target
+        return None
+
+
+def registered_module_types() -> tuple[type, ...]:
+    """All module types that have a rule (these are traced as leaves)."""
+    return tuple(t for types, _ in _MODULE_RULES for t in types)
+
+
+# ---------------------------------------------------------------------------------------------
+# Module rules
+
+
+def _pair(value: int | Iterable[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+
+
+def _weight_and_bias(primitive: str, weight: torch.Tensor, bias: torch.Tensor | None, prefix=""):
+    nodes = [NodeSpec(primitive, prefix + "weight", tuple(weight.shape))]
+    if bias is not None:
+        nodes.append(NodeSpec("bias", prefix + "bias", tuple(bias.shape)))
+    return nodes
+
+
+@register_module(nn.Conv2d, nn.Linear)
+def _conv_or_linear(module: nn.Module) -> list[NodeSpec] | None:
+    if module.weight is None:
+        return None
+    primitive = "conv"
+    if isinstance(module, nn.Conv2d) and module.groups > 1:
+        primitive = "dil_conv" if min(module.dilation) > 1 else "sep_conv"
+    return _weight_and_bias(primitive, module.weight, module.bias)
+
+
+@register_module(nn.modules.batchnorm._BatchNorm)
+def _batch_norm(module: nn.Module) -> list[NodeSpec] | None:
+    # The norm bias is predicted together with the weight, so it is not a node.
+    if module.weight is None:
+        return None
+    return [NodeSpec("bn", "weight", tuple(module.weight.shape))]
+
+
+@register_module(nn.LayerNorm)
+def _layer_norm(module: nn.Module) -> list[NodeSpec] | None:
+    if module.weight is None:
+        return None
+    return [NodeSpec("ln", "weight", tuple(module.weight.shape))]
+
+
+@register_module(nn.MaxPool2d)
+def _max_pool(module: nn.Module) -> list[NodeSpec]:
+    return [NodeSpec("max_pool", shape=(1, 1, *_pair(module.kernel_size)))]
+
+
+@register_module(nn.AvgPool2d)
+def _avg_pool(module: nn.Module) -> list[NodeSpec]:
+    return [NodeSpec("avg_pool", shape=(1, 1, *_pair(module.kernel_size)))]
+
+
+@register_module(nn.AdaptiveAvgPool2d)
+def _adaptive_avg_pool(module: nn.Module) -> list[NodeSpec]:
+    return [NodeSpec("glob_avg")]
+
+
+@register_module(nn.MultiheadAttention)
+def _multihead_attention(module: nn.MultiheadAttention) -> list[NodeSpec]:
+    if module.in_proj_weight is not None:
+        nodes = _weight_and_bias("conv", module.in_proj_weight, module.in_proj_bias, "in_proj_")
+    else:  # separate q/k/v projections: describe the query projection, the others stay as they are
+        nodes = [NodeSpec("conv", "q_proj_weight", tuple(module.q_proj_weight.shape))]
+    nodes.append(NodeSpec("msa"))
+    nodes += _weight_and_bias("conv", module.out_proj.weight, module.out_proj.bias, "out_proj.")
+    return nodes
+
+
+try:  # torchvision's LayerNorm2d subclasses nn.LayerNorm; Swin attention uses weights functionally
+    from torchvision.models import swin_transformer as _swin
+
+    @register_module(_swin.ShiftedWindowAttention)
+    def _shifted_window_attention(module: nn.Module) -> list[NodeSpec]:
+        qkv, proj = module.qkv, module.proj
+        nodes = _weight_and_bias("conv", qkv.weight, qkv.bias, "qkv.")
+        nodes.append(NodeSpec("msa"))
+        return nodes + _weight_and_bias("conv", proj.weight, proj.bias, "proj.")
+
+except ImportError:  # pragma: no cover - torchvision is a dependency, but keep the core usable
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Function rules
+
+
+def _arg(node: fx.Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+@register_function(operator.add, operator.iadd, torch.add, "add", "add_")
+def _sum(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    return [NodeSpec("sum", min_inputs=2)]
+
+
+@register_function(torch.cat, torch.concat, torch.concatenate, "cat")
+def _concat(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    return [NodeSpec("concat", min_inputs=2)]
+
+
+@register_function(torch.mean, "mean")
+def _mean(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
+    # A mean that keeps dims is global pooling; one that drops them (a flattening mean) is not.
+    return [NodeSpec("glob_avg")] if _arg(node, 2, "keepdim", False) else None
+
+
+@register_function(F.adaptive_avg_pool2d)
+def _adaptive_avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    return [NodeSpec("glob_avg")]
+
+
+@register_function(F.max_pool2d)
+def _max_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    return [NodeSpec("max_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
+
+
+@register_function(F.avg_pool2d)
+def _avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    return [NodeSpec("avg_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
+
+
+def _is_hard_sigmoid(node: object, modules: dict) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.Hardsigmoid)
+    return node.target in (F.hardsigmoid, "hardsigmoid")
+
+
+@register_function(operator.mul, operator.imul, torch.mul, "mul", "mul_")
+def _channel_gate(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
+    # Squeeze-and-excitation with a hard-sigmoid gate is `cse`; other products are dropped.
+    if any(_is_hard_sigmoid(a, modules) for a in node.args[:2]):
+        return [NodeSpec("cse", min_inputs=2)]
+    return None
+
+
+def is_positional_encoding(param: torch.Tensor) -> bool:
+    """A parameter added to activations is a positional encoding if it is (1, N, C) or (1, C, H, W)."""
+    return param.dim() in (3, 4) and param.shape[0] == 1 and math.prod(param.shape[1:]) > 1

@@ -1,0 +1,116 @@
+"""Symbolic tracing of an ``nn.Module`` with torch.fx, keeping supported layers as leaves.
+
+Layers that have a rule in :mod:`ghninit.primitives`, parameter-free ``torch.nn`` layers, layers
+that own parameters directly (``GroupNorm``, ``PReLU``...) and any types the caller names are not
+traced into; everything else is. No example input is needed. When fx cannot trace a module, the
+error names the module and suggests the fix, in the spirit of
+``torchvision.models.feature_extraction``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch.nn as nn
+from torch import fx
+
+from .primitives import registered_module_types
+
+_LEAF_TYPES: list[type] = []
+
+
+class TraceError(RuntimeError):
+    """Raised when a model cannot be turned into a GHN graph."""
+
+
+def register_leaf_module(*types: type) -> None:
+    """Always keep modules of these types as leaves (their parameters keep their own init)."""
+    _LEAF_TYPES.extend(types)
+
+
+def _default_autowrap_modules() -> tuple:
+    modules: list = [math]
+    try:
+        import torchvision.ops
+
+        modules.append(torchvision.ops)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(modules)
+
+
+def _torchvision_op_types() -> tuple[type, ...]:
+    try:  # torchvision's simple ops (StochasticDepth, FrozenBatchNorm2d...) are leaves, as in its fx helpers
+        import torchvision.ops as ops
+
+        return tuple(
+            v for v in vars(ops).values() if isinstance(v, type) and issubclass(v, nn.Module)
+        )
+    except ImportError:  # pragma: no cover
+        return ()
+
+
+class LeafTracer(fx.Tracer):
+    """An fx tracer that keeps supported and user-named layers as leaves and tracks module paths."""
+
+    def __init__(self, leaf_modules: Iterable[type] = ()):
+        super().__init__(autowrap_modules=_default_autowrap_modules())
+        self.leaf_types = (
+            registered_module_types() + tuple(_LEAF_TYPES) + tuple(leaf_modules)
+        )
+        self.childless_leaf_types = _torchvision_op_types()
+        self._path_stack: list[str] = []
+        self.failed_module: str | None = None
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, self.leaf_types):
+            return True
+        if isinstance(m, self.childless_leaf_types):
+            return not any(True for _ in m.children())
+        if super().is_leaf_module(m, module_qualified_name):
+            # torch.nn containers with sub-layers (TransformerEncoderLayer...) are traced into.
+            return not any(True for _ in m.children())
+        return False
+
+    def call_module(self, m, forward, args, kwargs):
+        self._path_stack.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_module is None:
+                self.failed_module = self._path_stack[-1]
+            raise
+        finally:
+            self._path_stack.pop()
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[type] = ()) -> fx.Graph:
+    """Trace ``model`` into an fx graph without running it.
+
+    Args:
+        model: any ``nn.Module``.
+        leaf_modules: extra module types not to trace into.
+
+    Raises:
+        TraceError: naming the module fx could not trace and how to fix it.
+    """
+    tracer = LeafTracer(leaf_modules)
+    try:
+        return tracer.trace(model)
+    except Exception as err:
+        where = tracer.failed_module
+        if where:
+            module = model.get_submodule(where)
+            kind = f"{type(module).__module__}.{type(module).__qualname__}"
+            raise TraceError(
+                f"torch.fx could not trace module '{where}' ({kind}): {err}\n"
+                f"Fix: keep it as a leaf, e.g. ghninit.initialize(model, ..., leaf_modules=[{kind}]) "
+                f"or ghninit.register_leaf_module({kind}); its parameters then keep their own "
+                "initialisation unless a rule is registered with ghninit.primitives.register_module."
+            ) from err
+        raise TraceError(
+            f"torch.fx could not trace the forward of {type(model).__name__}: {err}\n"
+            "Fix: move data-dependent control flow into a submodule and pass its type in "
+            "leaf_modules, or register a rule for it in ghninit.primitives."
+        ) from err
