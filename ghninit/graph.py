@@ -38,6 +38,7 @@ class Node:
         shape: parameter shape, pooling shape ``(1, 1, k, k)``, or ``None``.
         module: path of the module the node belongs to (``""`` for the root), or ``None``.
         param: full parameter name for parameter nodes, else ``None``.
+        bias: for norm-layer nodes, the bias predicted together with the weight.
     """
 
     name: str
@@ -45,6 +46,7 @@ class Node:
     shape: tuple[int, ...] | None = None
     module: str | None = None
     param: str | None = None
+    bias: str | None = None
 
 
 @dataclass
@@ -188,15 +190,25 @@ class _Builder:
             else:
                 idx = len(self.nodes)
                 name = param if param is not None else f"{spec.primitive}:{label}"
-                self.nodes.append(Node(name, spec.primitive, spec.shape, module_path, param))
+                node = Node(name, spec.primitive, spec.shape, module_path, param)
+                self.nodes.append(node)
                 if param is not None:
                     self.node_of_param[param] = idx
                     self.covered.add(param)
-                    if spec.primitive in NORM_PRIMITIVES:  # the norm bias is predicted with its weight
-                        self.covered.add(_join(module_path, "bias"))
+                    bias = _join(module_path, "bias")
+                    if spec.primitive in NORM_PRIMITIVES and self._is_parameter(bias):
+                        node.bias = bias  # the norm bias is predicted with its weight
+                        self.covered.add(bias)
             self.edges.extend((p, idx) for p in prev if p != idx)
             prev = (idx,)
         return idx
+
+    def _is_parameter(self, name: str) -> bool:
+        try:
+            self.model.get_parameter(name)
+            return True
+        except AttributeError:
+            return False
 
     def visit(self, node: fx.Node, inputs: frozenset[int]) -> frozenset[int]:
         if node.op == "placeholder":

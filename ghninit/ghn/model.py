@@ -1,0 +1,199 @@
+"""GHN-2 as an ``nn.Module``: graph in, predicted parameter tensors out.
+
+State-dict compatible with the published checkpoints (``embed``, ``shape_enc``, ``gnn``, ``ln``,
+``decoder``, ``decoder_1d``, ``bias_class``) and savable to / loadable from the Hugging Face Hub
+through ``PyTorchModelHubMixin`` (``config.json`` + ``model.safetensors``). The GHN never touches
+a model's parameters: it returns tensors keyed by parameter name, already tiled to the target
+shapes and normalised.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
+
+from ..graph import Graph, build_graph
+from ..primitives import NORM_PRIMITIVES, PRIMITIVES
+from ..tensors import normalize, tile
+from .decoder import ConvDecoder
+from .gnn import MLP, GatedGNN, SweepPlan
+from .shape_encoder import ShapeEncoder
+
+
+class GHN2(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="ghninit",
+    tags=["graph-hypernetwork", "parameter-prediction", "ghn2"],
+    repo_url="https://github.com/ghninit/ghninit",
+    license="mit",
+):
+    """Graph HyperNetwork of "Parameter Prediction for Unseen Deep Architectures" (NeurIPS 2021).
+
+    Args:
+        max_shape: largest predicted tensor ``(out, in, S, S)``: (64, 64, 16, 16) for ImageNet,
+            (64, 64, 11, 11) for CIFAR-10.
+        num_classes: classes of the data set the GHN was trained on.
+        hypernet: ``"gatedgnn"`` (GHN-1/2) or ``"mlp"`` (no message passing).
+        decoder: only ``"conv"`` is supported.
+        weight_norm: normalise predicted tensors (GHN-2).
+        ve: use virtual edges (GHN-2).
+        layernorm: LayerNorm on node states after message passing (GHN-2).
+        hid: node state size.
+    """
+
+    def __init__(
+        self,
+        max_shape: Sequence[int] = (64, 64, 16, 16),
+        num_classes: int = 1000,
+        hypernet: str = "gatedgnn",
+        decoder: str = "conv",
+        weight_norm: bool = True,
+        ve: bool = True,
+        layernorm: bool = True,
+        hid: int = 32,
+    ):
+        super().__init__()
+        if decoder != "conv":
+            raise NotImplementedError(f"decoder={decoder!r}: only the 'conv' decoder of GHN-2 is implemented")
+        if hypernet not in ("gatedgnn", "mlp"):
+            raise ValueError(f"hypernet={hypernet!r}: expected 'gatedgnn' or 'mlp'")
+        self.max_shape = tuple(int(s) for s in max_shape)
+        self.num_classes = num_classes
+        self.hypernet, self.weight_norm, self.ve, self.layernorm = hypernet, weight_norm, ve, layernorm
+        self.embed = nn.Embedding(len(PRIMITIVES), hid)
+        self.shape_enc = ShapeEncoder(hid, num_classes, self.max_shape)
+        self.gnn = GatedGNN(hid, ve) if hypernet == "gatedgnn" else MLP(hid, (hid, hid))
+        if layernorm:
+            self.ln = nn.LayerNorm(hid)
+        self.decoder = ConvDecoder(hid, (hid * 4, hid * 8), self.max_shape, num_classes)
+        max_ch = max(self.max_shape[:2])
+        self.decoder_1d = MLP(hid, (hid * 2, 2 * max_ch), last_activation=False)
+        self.bias_class = nn.Sequential(nn.ReLU(), nn.Linear(max_ch, num_classes))
+
+    @property
+    def config(self) -> dict:
+        """The constructor arguments, as stored with the weights."""
+        return {
+            "max_shape": list(self.max_shape),
+            "num_classes": self.num_classes,
+            "hypernet": self.hypernet,
+            "decoder": "conv",
+            "weight_norm": self.weight_norm,
+            "ve": self.ve,
+            "layernorm": self.layernorm,
+            "hid": self.embed.embedding_dim,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def node_states(self, graph: Graph, predict_classifier: bool = True) -> torch.Tensor:
+        """``(N, hid)`` node states after message passing (and LayerNorm)."""
+        shapes = [node.shape for node in graph.nodes]
+        if not predict_classifier:  # encode the classifier as if it had the GHN's own classes
+            for i in graph.classifier:
+                if i is not None:
+                    shapes[i] = (self.num_classes, *shapes[i][1:])
+        x = self.embed(graph.primitive_ids.to(self.device)) + self.shape_enc(shapes)
+        if isinstance(self.gnn, GatedGNN):
+            x = self.gnn(x, self._plans(graph))
+        else:
+            x = self.gnn(x)
+        return self.ln(x) if self.layernorm else x
+
+    def embed_graph(self, graph: Graph) -> torch.Tensor:
+        """``(hid,)`` embedding of a whole architecture: the mean of its node states."""
+        return self.node_states(graph).mean(0)
+
+    def forward(self, graph: Graph, predict_classifier: bool = True) -> dict[str, torch.Tensor]:
+        """Predict every parameter the graph covers.
+
+        Returns:
+            parameter name -> tensor of the parameter's shape (tiled and, with ``weight_norm``,
+            normalised). The classifier is left out when ``predict_classifier`` is False.
+        """
+        states = self.node_states(graph, predict_classifier)
+        out: dict[str, torch.Tensor] = {}
+        for key, indices in self._groups(graph, predict_classifier).items():
+            decoded = self._decode(key, states[indices])
+            for j, i in enumerate(indices):
+                self._emit(graph.nodes[i], decoded[j], key, out)
+        return out
+
+    @torch.no_grad()
+    def predict(
+        self, model: nn.Module, predict_classifier: bool | None = None, leaf_modules: Iterable[type] = ()
+    ) -> dict[str, torch.Tensor]:
+        """Predicted tensors for ``model`` without touching it (name -> tensor)."""
+        graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if self.ve else 1)
+        if predict_classifier is None:
+            predict_classifier = self.classifier_matches(graph)
+        return self(graph, predict_classifier)
+
+    def classifier_matches(self, graph: Graph) -> bool:
+        """Whether the graph's classifier has as many outputs as the GHN has classes."""
+        weight, bias = graph.classifier
+        node = graph.nodes[weight if weight is not None else bias] if (weight, bias) != (None, None) else None
+        return node is not None and node.shape[0] == self.num_classes
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _plans(self, graph: Graph) -> tuple[SweepPlan, SweepPlan]:
+        cache = graph.__dict__.setdefault("_sweep_plans", {})
+        key = str(self.device)
+        if key not in cache:
+            n = len(graph.nodes)
+            cache[key] = (
+                SweepPlan(n, graph.edges, graph.depth_levels(), False, self.device),
+                SweepPlan(n, graph.edges, graph.depth_levels(reverse=True), True, self.device),
+            )
+        return cache[key]
+
+    def _groups(self, graph: Graph, predict_classifier: bool) -> dict[object, list[int]]:
+        cls_w, cls_b = graph.classifier
+        size = self.max_shape[2:]
+        groups: dict[object, list[int]] = {}
+        for i, node in enumerate(graph.nodes):
+            if node.param is None or node.param in graph.uncovered:
+                continue
+            if i in (cls_w, cls_b):
+                if not predict_classifier:
+                    continue
+                key = "cls_w" if i == cls_w else "cls_b"
+            elif len(node.shape) == 1:
+                key = "1d"
+            elif len(node.shape) == 2:
+                key = (1, 1)
+            elif len(node.shape) == 4:
+                key = (min(node.shape[2], size[0]), min(node.shape[3], size[1]))
+            else:
+                continue
+            groups.setdefault(key, []).append(i)
+        return groups
+
+    def _decode(self, key: object, x: torch.Tensor) -> torch.Tensor:
+        if key == "cls_w":
+            return self.decoder(x, class_pred=True)
+        if isinstance(key, tuple):
+            return self.decoder(x, key)
+        w = self.decoder_1d(x).view(len(x), 2, -1)
+        return self.bias_class(w) if key == "cls_b" else w
+
+    def _emit(self, node, w: torch.Tensor, key: object, out: dict[str, torch.Tensor]) -> None:
+        def finish(tensor: torch.Tensor, kind: str) -> torch.Tensor:
+            tensor = tile(tensor, node.shape)
+            return normalize(tensor, kind) if self.weight_norm else tensor
+
+        if node.primitive in NORM_PRIMITIVES:
+            out[node.param] = finish(w[0], "norm")
+            if node.bias is not None:
+                out[node.bias] = finish(w[1], "bias")
+        elif key in ("1d", "cls_b"):
+            out[node.param] = finish(w[1], "bias")
+        else:
+            out[node.param] = finish(w, "pos_enc" if node.primitive == "pos_enc" else "weight")
