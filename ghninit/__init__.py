@@ -1,6 +1,29 @@
-"""ghninit: initialise any PyTorch model with parameters predicted by a Graph HyperNetwork (GHN-2)."""
+"""ghninit: initialise any PyTorch model with parameters predicted by a Graph HyperNetwork (GHN-2).
 
-from .graph import Graph, build_graph
+    >>> import ghninit, torchvision
+    >>> model = torchvision.models.resnet50()
+    >>> report = ghninit.initialize(model, ghn="ghn2_imagenet.safetensors")
+"""
+
+from .ghn import GHN2
+from .graph import Graph, Node, build_graph
+from .hub import GHNLoadError, load_ghn
+from .initializer import initialize
+from .report import Report
 from .trace import TraceError, register_leaf_module
+from .write import PredictionError
 
-__all__ = ["Graph", "build_graph", "TraceError", "register_leaf_module"]
+__all__ = [
+    "GHN2",
+    "GHNLoadError",
+    "Graph",
+    "Node",
+    "PredictionError",
+    "Report",
+    "TraceError",
+    "build_graph",
+    "initialize",
+    "load_ghn",
+    "register_leaf_module",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+"""``initialize``: predict a model's parameters with a GHN and write them in place."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from .ghn import GHN2
+from .graph import build_graph
+from .hub import load_ghn
+from .report import Report
+from .write import prepare, reset_batchnorm_statistics, write
+
+
+def initialize(
+    model: nn.Module,
+    dataset: str | None = None,
+    *,
+    ghn: GHN2 | str | os.PathLike | None = None,
+    keep_classifier: bool | None = None,
+    leaf_modules: Iterable[type] = (),
+) -> Report:
+    """Initialise ``model`` in place with parameters predicted by GHN-2.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace (see ``leaf_modules``).
+        dataset: name of a published GHN (``"imagenet"``, ``"cifar10"``), used when ``ghn`` is None.
+        ghn: a loaded :class:`GHN2`, or anything :func:`ghninit.load_ghn` accepts.
+        keep_classifier: ``None`` (default) predicts the classifier only when its output size
+            equals the GHN's number of classes; ``True`` always keeps the model's own classifier;
+            ``False`` always predicts it (tiled to the model's classes).
+        leaf_modules: module types not to trace into (their parameters keep their init).
+
+    Returns:
+        a :class:`Report`; ``print(report)`` summarises it.
+
+    The model's train/eval mode and BatchNorm settings are kept; BatchNorm running statistics
+    are reset. If anything fails, no parameter is changed.
+    """
+    start = time.perf_counter()
+    ghn, source = _resolve_ghn(ghn, dataset)
+    graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1)
+    t_graph = time.perf_counter()
+    if keep_classifier is None:
+        predict_classifier = ghn.classifier_matches(graph)
+    else:
+        predict_classifier = not keep_classifier
+    with torch.inference_mode(False), torch.no_grad():
+        tensors = ghn(graph, predict_classifier)
+        t_predict = time.perf_counter()
+        ready = prepare(model, tensors)
+        write(model, ready)
+        reset_batchnorm_statistics(model)
+    end = time.perf_counter()
+
+    skipped = dict(graph.uncovered)
+    if not predict_classifier:
+        for i in graph.classifier:
+            if i is not None:
+                skipped[graph.nodes[i].param] = "classifier kept (keep_classifier or class count differs from the GHN's)"
+    for name, _ in model.named_parameters():
+        if name not in ready and name not in skipped:
+            skipped[name] = "not predicted by this GHN"
+    params = dict(model.named_parameters())
+    return Report(
+        model=type(model).__name__,
+        ghn=source,
+        predicted=list(ready),
+        n_params_predicted=sum(params[n].numel() for n in ready),
+        n_params_total=sum(p.numel() for p in params.values()),
+        skipped=skipped,
+        classifier_predicted=predict_classifier and any(i is not None for i in graph.classifier),
+        n_nodes=len(graph),
+        seconds={
+            "graph": t_graph - start,
+            "predict": t_predict - t_graph,
+            "write": end - t_predict,
+            "total": end - start,
+        },
+    )
+
+
+def _resolve_ghn(ghn: GHN2 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2, str]:
+    if isinstance(ghn, GHN2):
+        return ghn, "GHN2 instance"
+    if ghn is None and dataset is None:
+        raise ValueError(
+            "initialize() needs a GHN: pass dataset='imagenet' or 'cifar10', or ghn=<GHN2 | path | repo id>"
+        )
+    source = ghn if ghn is not None else dataset
+    return load_ghn(source), str(source)

@@ -1,0 +1,59 @@
+"""What :func:`ghninit.initialize` did: tensors and parameters predicted, what was left and why, timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Report:
+    """Summary of one initialisation.
+
+    Attributes:
+        model: the model's class name.
+        ghn: where the GHN came from (path, Hub repo or ``"GHN2 instance"``).
+        predicted: names of the parameters written, in graph order.
+        n_params_predicted: number of scalar parameters written.
+        n_params_total: number of scalar parameters in the model.
+        skipped: parameter name -> why it kept the model's own initialisation.
+        classifier_predicted: whether the classification layer was predicted.
+        n_nodes: nodes in the GHN graph.
+        seconds: wall time per stage (``graph``, ``predict``, ``write``) and ``total``.
+    """
+
+    model: str
+    ghn: str
+    predicted: list[str]
+    n_params_predicted: int
+    n_params_total: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    classifier_predicted: bool = True
+    n_nodes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_tensors_predicted(self) -> int:
+        return len(self.predicted)
+
+    @property
+    def fraction_predicted(self) -> float:
+        return self.n_params_predicted / max(self.n_params_total, 1)
+
+    def __str__(self) -> str:
+        lines = [
+            f"ghninit: {self.model} initialised by {self.ghn}",
+            f"  predicted {self.n_tensors_predicted} tensors, {self.n_params_predicted:,} of "
+            f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes",
+            f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
+        ]
+        if self.skipped:
+            lines.append(f"  kept their own initialisation ({len(self.skipped)}):")
+            shown = list(self.skipped.items())
+            for name, why in shown[:10]:
+                lines.append(f"    {name}: {why}")
+            if len(shown) > 10:
+                lines.append(f"    ... and {len(shown) - 10} more (see report.skipped)")
+        if self.seconds:
+            parts = ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items())
+            lines.append(f"  time: {parts}")
+        return "\n".join(lines)
