@@ -185,7 +185,7 @@ class _Builder:
         prev: Iterable[int] = sources
         for spec in specs:
             param = _join(module_path, spec.param) if spec.param else None
-            if param is not None and param in self.node_of_param:  # shared weights: one node
+            if param is not None and param in self.node_of_param:  # weights shared across modules: one node
                 idx = self.node_of_param[param]
             else:
                 idx = len(self.nodes)
@@ -224,6 +224,8 @@ class _Builder:
             if not specs:
                 self._note_uncovered(node.target, module)
                 return inputs
+            if any(_join(node.target, s.param) in self.node_of_param for s in specs if s.param):
+                return inputs  # a layer called again (shared weights) is described once, at its first call
             return frozenset([self.add_chain(specs, inputs, node.target, node.name)])
         if node.op in ("call_function", "call_method"):
             rule = function_rule(node.target)
