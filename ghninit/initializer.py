@@ -50,9 +50,9 @@ def initialize(
     else:
         predict_classifier = not keep_classifier
     with torch.inference_mode(False), torch.no_grad():
-        tensors = ghn(graph, predict_classifier)
+        blocks = {name: block for name, (block, _) in ghn.predict_blocks(graph, predict_classifier).items()}
         t_predict = time.perf_counter()
-        ready = prepare(model, tensors)
+        ready = prepare(model, blocks)
         write(model, ready)
         reset_batchnorm_statistics(model)
     end = time.perf_counter()

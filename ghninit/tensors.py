@@ -1,13 +1,16 @@
-"""From a predicted tensor to a target parameter: tiling/slicing to shape, then normalisation.
+"""From a predicted tensor to a target parameter: normalisation, then tiling/slicing to shape.
 
 Channels are tiled (target channel i takes predicted channel i mod 64), spatial dimensions are
-sliced, and the result is scaled as in GHN-2: fan-in scaling for weights, ``2 * sigmoid(x / 2)``
-for norm-layer weights and ``tanh(x / 5)`` for biases. Pure tensor functions, differentiable, so
-training uses them too.
+sliced, and values are scaled as in GHN-2: fan-in scaling for weights, ``2 * sigmoid(x / 2)``
+for norm-layer weights and ``tanh(x / 5)`` for biases. Scaling is element-wise and depends only
+on the target shape, so it is applied to the small predicted block before tiling, and
+:func:`write_tiled` copies that block straight into a parameter without materialising the
+tiled tensor. All functions but ``write_tiled`` are differentiable, so training uses them too.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Literal, Sequence
 
@@ -16,31 +19,65 @@ import torch
 Kind = Literal["weight", "norm", "bias", "pos_enc"]
 
 
-def tile(w: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Slice or tile ``w`` to ``shape``.
+def crop(w: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The block of ``w`` that tiles into ``shape``: each dimension sliced to at most the target size.
 
-    A 1-D or 2-D target of a 4-D prediction reads spatial position (0, 0). Each remaining
-    dimension is sliced when the target is smaller and repeated cyclically when it is larger.
+    A 1-D or 2-D target of a 4-D prediction reads spatial position (0, 0).
     """
     shape = tuple(shape)
     if w.dim() > len(shape):
         w = w[(slice(None),) * len(shape) + (0,) * (w.dim() - len(shape))]
-    w = w[tuple(slice(0, min(t, s)) for t, s in zip(shape, w.shape))]
+    return w[tuple(slice(0, min(t, s)) for t, s in zip(shape, w.shape))]
+
+
+def tile(w: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Slice or tile ``w`` to ``shape``: larger target dimensions repeat ``w`` cyclically."""
+    shape = tuple(shape)
+    w = crop(w, shape)
     reps = [math.ceil(t / s) for t, s in zip(shape, w.shape)]
     if any(r > 1 for r in reps):
         w = w.repeat(reps)[tuple(slice(0, t) for t in shape)]
     return w
 
 
-def normalize(w: torch.Tensor, kind: Kind) -> torch.Tensor:
-    """GHN-2's output normalisation of an already tiled tensor."""
+def normalize(w: torch.Tensor, kind: Kind, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """GHN-2's output normalisation of a tensor destined for a parameter of ``shape`` (default: ``w``'s)."""
+    shape = tuple(w.shape if shape is None else shape)
     if kind == "pos_enc":
         return w
     if kind == "norm":
         return 2 * torch.sigmoid(0.5 * w)
-    if kind == "bias" or w.dim() == 1:
+    if kind == "bias" or len(shape) == 1:
         return torch.tanh(0.2 * w)
-    shape = w.shape
     # Depthwise (in = 1) or wide-not-tall kernels are not followed by ReLU: beta = 1.
-    beta = 1.0 if w.dim() > 2 and (shape[1] == 1 or shape[2] < shape[3]) else 2.0
+    beta = 1.0 if len(shape) > 2 and (shape[1] == 1 or shape[2] < shape[3]) else 2.0
     return w * math.sqrt(beta / math.prod(shape[1:]))
+
+
+def tiles_into(block_shape: Sequence[int], shape: Sequence[int]) -> bool:
+    """Whether a block of ``block_shape`` tiles into ``shape`` (same rank, no larger dimension)."""
+    return len(block_shape) == len(shape) and all(0 < b <= t for b, t in zip(block_shape, shape))
+
+
+@torch.no_grad()
+def write_tiled(dst: torch.Tensor, block: torch.Tensor) -> None:
+    """In place, ``dst.copy_(tile(block, dst.shape))`` without building the tiled tensor.
+
+    Each dimension splits into whole repeats of the block and a remainder; every combination is
+    one broadcasting copy.
+    """
+    parts = []
+    for t, s in zip(dst.shape, block.shape):
+        whole = (t // s) * s
+        options = [(0, whole, s)] if whole else []
+        if t > whole:
+            options.append((whole, t, t - whole))
+        parts.append(options)
+    for combo in itertools.product(*parts):
+        target = dst[tuple(slice(a, b) for a, b, _ in combo)]
+        source = block[tuple(slice(0, n) for _, _, n in combo)]
+        split, src_view = [], []
+        for (a, b, n), size in zip(combo, source.shape):
+            split += [(b - a) // n, n]
+            src_view += [1, size]
+        target.view(split).copy_(source.reshape(src_view))

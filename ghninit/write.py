@@ -12,24 +12,31 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from .tensors import tiles_into, write_tiled
+
 
 class PredictionError(ValueError):
     """A predicted tensor cannot be written; the model was left untouched."""
 
 
-def prepare(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Validate ``tensors`` against ``model`` and convert them; raises :class:`PredictionError`."""
+def prepare(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validate predicted blocks against ``model`` and convert them; raises :class:`PredictionError`.
+
+    A block is the parameter itself or a smaller tensor that tiles into it (see
+    :func:`ghninit.tensors.tile`).
+    """
     params = dict(model.named_parameters())
     ready = {}
-    for name, value in tensors.items():
+    for name, value in blocks.items():
         if name not in params:
             raise PredictionError(f"predicted tensor '{name}' is not a parameter of {type(model).__name__}")
         target = params[name]
-        if tuple(value.shape) != tuple(target.shape):
+        if not tiles_into(value.shape, target.shape):
             raise PredictionError(
-                f"predicted tensor for '{name}' has shape {tuple(value.shape)}, the parameter {tuple(target.shape)}"
+                f"predicted tensor for '{name}' has shape {tuple(value.shape)}, which does not tile into "
+                f"the parameter's {tuple(target.shape)}"
             )
-        if not torch.isfinite(value).all():
+        if not torch.isfinite(value.sum()):  # NaN and inf propagate into the sum: one pass
             raise PredictionError(
                 f"predicted tensor for '{name}' has NaN or infinite values; check the GHN weights"
             )
@@ -38,11 +45,11 @@ def prepare(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 @torch.no_grad()
-def write(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Copy prepared tensors into the model's parameters in place."""
+def write(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> None:
+    """Write prepared blocks into the model's parameters in place, tiling them to shape."""
     params = dict(model.named_parameters())
-    for name, value in tensors.items():
-        params[name].copy_(value)
+    for name, value in blocks.items():
+        write_tiled(params[name], value)
 
 
 def reset_batchnorm_statistics(model: nn.Module) -> None:

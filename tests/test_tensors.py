@@ -45,3 +45,17 @@ def test_normalisation():
     assert torch.allclose(normalize(x, "bias"), torch.tanh(x / 5))
     pos = torch.randn(1, 8, 14, 14)
     assert torch.equal(normalize(pos, "pos_enc"), pos)
+
+
+def test_write_tiled_equals_tile():
+    from ghninit.tensors import write_tiled
+
+    for block_shape, shape in [((64, 64, 3, 3), (130, 70, 3, 3)), ((64,), (200,)), ((10, 64), (25, 100)), ((3, 5), (3, 5))]:
+        block = torch.randn(block_shape)
+        dst = torch.empty(shape)
+        write_tiled(dst, block)
+        assert torch.equal(dst, tile(block, shape))
+    dst = torch.zeros(8, 6, 3, 3)[:, :4]  # a non-contiguous destination
+    block = torch.randn(3, 4, 3, 3)
+    write_tiled(dst, block)
+    assert torch.equal(dst, tile(block, (8, 4, 3, 3)))

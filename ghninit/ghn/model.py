@@ -17,7 +17,7 @@ from huggingface_hub import PyTorchModelHubMixin
 
 from ..graph import Graph, build_graph
 from ..primitives import NORM_PRIMITIVES, PRIMITIVES
-from ..tensors import normalize, tile
+from ..tensors import crop, normalize, tile
 from .decoder import ConvDecoder
 from .gnn import MLP, GatedGNN, SweepPlan
 from .shape_encoder import ShapeEncoder
@@ -117,8 +117,20 @@ class GHN2(
             parameter name -> tensor of the parameter's shape (tiled and, with ``weight_norm``,
             normalised). The classifier is left out when ``predict_classifier`` is False.
         """
+        return {
+            name: tile(block, shape) for name, (block, shape) in self.predict_blocks(graph, predict_classifier).items()
+        }
+
+    def predict_blocks(
+        self, graph: Graph, predict_classifier: bool = True
+    ) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
+        """Like :meth:`forward`, but each tensor as its (normalised) block before tiling, with the target shape.
+
+        ``tile(block, shape)`` gives the parameter; :func:`ghninit.tensors.write_tiled` writes
+        it without building the full tensor.
+        """
         states = self.node_states(graph, predict_classifier)
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
         for key, indices in self._groups(graph, predict_classifier).items():
             decoded = self._decode(key, states[indices])
             for j, i in enumerate(indices):
@@ -184,10 +196,10 @@ class GHN2(
         w = self.decoder_1d(x).view(len(x), 2, -1)
         return self.bias_class(w) if key == "cls_b" else w
 
-    def _emit(self, node, w: torch.Tensor, key: object, out: dict[str, torch.Tensor]) -> None:
-        def finish(tensor: torch.Tensor, kind: str) -> torch.Tensor:
-            tensor = tile(tensor, node.shape)
-            return normalize(tensor, kind) if self.weight_norm else tensor
+    def _emit(self, node, w: torch.Tensor, key: object, out: dict) -> None:
+        def finish(tensor: torch.Tensor, kind: str) -> tuple[torch.Tensor, tuple[int, ...]]:
+            block = crop(tensor, node.shape)
+            return (normalize(block, kind, node.shape) if self.weight_norm else block), node.shape
 
         if node.primitive in NORM_PRIMITIVES:
             out[node.param] = finish(w[0], "norm")
