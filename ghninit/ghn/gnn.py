@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class MLP(nn.Sequential):
@@ -68,16 +69,28 @@ class GatedGNN(nn.Module):
     def _sweep(self, x: torch.Tensor, plan: SweepPlan) -> torch.Tensor:
         x = x[plan.order]
         hid = x.shape[1]
+        message = self._message_fn()
         states, messages = [], []
         for start, end in zip(plan.bounds[:-1], plan.bounds[1:]):
             if start == 0:
                 m = x.new_zeros(end, hid)
             else:
-                sent = torch.cat(messages)
+                sent = torch.cat(messages) if len(messages) > 1 else messages[0]
                 m = plan.real[start:end, :start] @ sent[:, :hid]
                 if self.ve:
-                    m = m + plan.virtual[start:end, :start] @ sent[:, hid:]
+                    m = torch.addmm(m, plan.virtual[start:end, :start], sent[:, hid:])
             h = self.gru(m, x[start:end])
             states.append(h)
-            messages.append(torch.cat([self.mlp(h), self.mlp_ve(h)], 1) if self.ve else self.mlp(h))
+            messages.append(message(h))
         return torch.cat(states)[plan.inverse]
+
+    def _message_fn(self):
+        """``h -> [mlp(h), mlp_ve(h)]`` as two fused linear layers (one wide, one block-diagonal)."""
+        if not self.ve:
+            return self.mlp
+        a, b = self.mlp.fc, self.mlp_ve.fc
+        w1 = torch.cat([a[0].weight, b[0].weight])
+        b1 = torch.cat([a[0].bias, b[0].bias])
+        w2 = torch.block_diag(a[2].weight, b[2].weight)
+        b2 = torch.cat([a[2].bias, b[2].bias])
+        return lambda h: F.relu(F.linear(F.relu(F.linear(h, w1, b1)), w2, b2))
