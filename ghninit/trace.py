@@ -10,6 +10,7 @@ error names the module and suggests the fix, in the spirit of
 from __future__ import annotations
 
 import math
+import sys
 from typing import Iterable
 
 import torch.nn as nn
@@ -51,14 +52,24 @@ def _torchvision_op_types() -> tuple[type, ...]:
         return ()
 
 
+def _timm_notrace() -> tuple[tuple[type, ...], tuple]:
+    """timm's own fx leaf modules and functions, when timm is in use (it is not imported otherwise)."""
+    if "timm" not in sys.modules:
+        return (), ()
+    try:
+        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+    except ImportError:  # pragma: no cover - older timm
+        return (), ()
+    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
+
+
 class LeafTracer(fx.Tracer):
     """An fx tracer that keeps supported and user-named layers as leaves and tracks module paths."""
 
     def __init__(self, leaf_modules: Iterable[type] = ()):
-        super().__init__(autowrap_modules=_default_autowrap_modules())
-        self.leaf_types = (
-            registered_module_types() + tuple(_LEAF_TYPES) + tuple(leaf_modules)
-        )
+        timm_modules, timm_functions = _timm_notrace()
+        super().__init__(autowrap_modules=_default_autowrap_modules(), autowrap_functions=timm_functions)
+        self.leaf_types = registered_module_types() + tuple(_LEAF_TYPES) + tuple(leaf_modules) + timm_modules
         self.childless_leaf_types = _torchvision_op_types()
         self._path_stack: list[str] = []
         self.failed_module: str | None = None

@@ -208,4 +208,6 @@ class GHN2(
         elif key in ("1d", "cls_b"):
             out[node.param] = finish(w[1], "bias")
         else:
+            if key == "cls_w" and len(node.shape) == 4:  # a 1x1-conv classifier: (classes, 64) -> (classes, 64, 1, 1)
+                w = w[:, :, None, None]
             out[node.param] = finish(w, "pos_enc" if node.primitive == "pos_enc" else "weight")
