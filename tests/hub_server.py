@@ -1,0 +1,270 @@
+"""Test helpers: a minimal Hugging Face Hub on 127.0.0.1, and a GHN-loading worker process.
+
+:class:`HubServer` implements the endpoints ``huggingface_hub.hf_hub_download`` uses:
+``HEAD``/``GET {endpoint}/{repo_id}/resolve/{revision}/{filename}`` answered with
+``X-Repo-Commit``, ``ETag`` (sha256 for ``.safetensors`` files, as the Hub does for LFS files,
+with ``X-Linked-Etag``/``X-Linked-Size``; the git blob sha1 otherwise) and ``Content-Length``,
+``Range`` requests, the Hub's ``X-Error-Code`` errors (``RepoNotFound``, ``RevisionNotFound``,
+``EntryNotFound``), ``/api/models/{repo_id}[/revision/{revision}]`` and
+``/api/models/{repo_id}/tree/{revision}`` (used by ``snapshot_download`` and ``hf download``). It serves folders as
+commits of repos, counts every request, and can damage the weights it serves. It listens on
+127.0.0.1 only, on a free port, and stops when its ``with`` block ends.
+
+:func:`worker_main` runs in a subprocess started with the environment under test (huggingface_hub
+reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_HOME`` when imported): it answers JSON requests
+on stdin, one per line, so one process can load several times while the test inspects the server
+between loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+RESPONSE_PREFIX = "@@ "
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a file's bytes (the Hub's ETag for files not stored with LFS)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class HubServer:
+    """A threaded HTTP server that serves folders as commits of Hub model repos.
+
+    Attributes:
+        requests: ``(method, path)`` of every request received, in order.
+        corrupt: how to damage ``.safetensors`` bodies: ``None``; ``"flip"`` (bytes changed in the
+            tensor data, same size, ETag of the intact file: damage in transit or on a mirror);
+            ``"truncate"`` (half the body, while HEAD announces the full size); ``"bad_upload"``
+            (the header overwritten and the ETag computed from the damaged bytes, as if a
+            damaged file had been uploaded).
+    """
+
+    def __init__(self):
+        self.repos: dict[str, dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.corrupt: str | None = None
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def add_commit(self, repo_id: str, folder: Path, branch: str | None = "main") -> str:
+        """Serve the files of ``folder`` as a commit of ``repo_id``; returns its 40-hex sha."""
+        files = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+        digest = hashlib.sha1(repo_id.encode())
+        for name, data in files.items():
+            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        sha = digest.hexdigest()
+        repo = self.repos.setdefault(repo_id, {"commits": {}, "refs": {}})
+        repo["commits"][sha] = files
+        if branch:
+            repo["refs"][branch] = sha
+        return sha
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def paths(self, method: str | None = None) -> list[str]:
+        """Paths requested so far (optionally only those of one method)."""
+        with self._lock:
+            return [p for m, p in self.requests if method is None or m == method]
+
+    def reset(self) -> None:
+        """Forget the requests received so far."""
+        with self._lock:
+            self.requests.clear()
+
+    def __enter__(self) -> HubServer:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+    # -- request handling ----------------------------------------------------------------------
+
+    def _record(self, method: str, path: str) -> None:
+        with self._lock:
+            self.requests.append((method, path))
+
+    def _resolve(self, repo_id: str, revision: str):
+        """``(status, headers, commit, files)`` for a repo and a branch, tag or commit."""
+        repo = self.repos.get(repo_id)
+        if repo is None:
+            return 401, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, None, None
+        sha = revision if revision in repo["commits"] else repo["refs"].get(revision)
+        if sha is None:
+            return 404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"}, None, None
+        return 200, {}, sha, repo["commits"][sha]
+
+    def _body(self, filename: str, data: bytes) -> tuple[bytes, str, int]:
+        """``(body, etag, announced size)`` for a file, damaged as :attr:`corrupt` says."""
+        lfs = filename.endswith(".safetensors")
+        etag = hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)
+        if not lfs or self.corrupt is None:
+            return data, etag, len(data)
+        if self.corrupt == "flip":
+            damaged = bytearray(data)
+            for i in range(len(data) // 2, len(data) // 2 + 64):
+                damaged[i] ^= 0xFF
+            return bytes(damaged), etag, len(data)
+        if self.corrupt == "truncate":
+            return data[: len(data) // 2], etag, len(data)
+        if self.corrupt == "bad_upload":
+            damaged = b"\x00" * 64 + data[64:]
+            return damaged, hashlib.sha256(damaged).hexdigest(), len(damaged)
+        raise ValueError(f"unknown corruption {self.corrupt!r}")
+
+
+def _make_handler(server: HubServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 10  # seconds an idle keep-alive connection is kept
+
+        def log_message(self, *args) -> None:  # keep test output clean
+            pass
+
+        def do_HEAD(self) -> None:
+            self._serve(head=True)
+
+        def do_GET(self) -> None:
+            self._serve(head=False)
+
+        def _send(self, status: int, headers: dict[str, str], body: bytes = b"", head: bool = False, length=None):
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _serve(self, head: bool) -> None:
+            path = urlsplit(self.path).path
+            server._record(self.command, path)
+            parts = path.split("/")
+            if len(parts) >= 6 and parts[3] == "resolve":
+                return self._resolve_file(f"{unquote(parts[1])}/{unquote(parts[2])}", unquote(parts[4]), parts, head)
+            if len(parts) >= 5 and parts[1:3] == ["api", "models"]:
+                repo_id = f"{unquote(parts[3])}/{unquote(parts[4])}"
+                if len(parts) >= 7 and parts[5] == "tree":
+                    return self._tree(repo_id, unquote(parts[6]), head)
+                revision = unquote(parts[6]) if len(parts) >= 7 and parts[5] == "revision" else "main"
+                return self._repo_info(repo_id, revision, head)
+            self._send(404, {"X-Error-Message": "not a Hub endpoint"}, b"not found", head)
+
+        def _resolve_file(self, repo_id: str, revision: str, parts: list[str], head: bool) -> None:
+            status, headers, sha, files = server._resolve(repo_id, revision)
+            filename = "/".join(unquote(p) for p in parts[5:])
+            if status == 200 and filename not in files:
+                status, headers = 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"}
+            if sha:
+                headers["X-Repo-Commit"] = sha
+            if status != 200:
+                return self._send(status, headers, b"error", head)
+            body, etag, size = server._body(filename, files[filename])
+            headers.update({"ETag": f'"{etag}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"})
+            if filename.endswith(".safetensors"):
+                headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(size)})
+            if head:
+                return self._send(200, headers, head=True, length=size)
+            start = 0
+            if self.headers.get("Range", "").startswith("bytes="):
+                start = int(self.headers["Range"][6:].split("-")[0] or 0)
+                headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{size}"
+            self._send(206 if start else 200, headers, body[start:])
+
+        def _repo_info(self, repo_id: str, revision: str, head: bool) -> None:
+            status, headers, sha, files = server._resolve(repo_id, revision)
+            if status != 200:
+                return self._send(status, headers, b"{}", head)
+            info = {"id": repo_id, "modelId": repo_id, "sha": sha, "siblings": [{"rfilename": n} for n in files]}
+            self._send(200, {"Content-Type": "application/json"}, json.dumps(info).encode(), head)
+
+        def _tree(self, repo_id: str, revision: str, head: bool) -> None:
+            status, headers, sha, files = server._resolve(repo_id, revision)
+            if status != 200:
+                return self._send(status, headers, b"{}", head)
+            entries = []
+            for name, data in files.items():
+                entry = {"type": "file", "path": name, "size": len(data), "oid": git_blob_sha1(data)}
+                if name.endswith(".safetensors"):
+                    entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                entries.append(entry)
+            self._send(200, {"Content-Type": "application/json"}, json.dumps(entries).encode(), head)
+
+    return Handler
+
+
+def state_digest(ghn) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes and values), to compare GHNs across processes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(ghn.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def worker_main() -> None:
+    """Answer JSON requests from stdin, one per line, with one ``@@ {json}`` line each.
+
+    Operations: ``load`` (``ghninit.load_ghn(source, revision, cache_dir=, force_download=)``),
+    ``initialize`` (``ghninit.initialize`` on a parity fixture's model with ``dataset=``; answers
+    the differences from the fixture), ``pin`` (replace a ``KNOWN_GHNS`` entry), ``setenv``.
+    """
+    from parity import build_model, compare, load_fixture
+
+    import ghninit
+    import ghninit.hub
+
+    print(RESPONSE_PREFIX + json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        op = request.pop("op")
+        try:
+            if op == "load":
+                ghn = ghninit.load_ghn(request.pop("source"), **request)
+                answer = {"ok": True, "digest": state_digest(ghn), "num_classes": ghn.num_classes}
+            elif op == "initialize":
+                fixture = load_fixture(request["fixture"])
+                model = build_model(fixture)
+                report = ghninit.initialize(model, dataset=request["dataset"])
+                predicted = {n: p for n, p in model.named_parameters() if n in set(report.predicted)}
+                answer = {"ok": True, "problems": compare(predicted, fixture)}
+            elif op == "pin":
+                name = request.pop("name")
+                ghninit.hub.KNOWN_GHNS[name] = ghninit.hub.HubWeights(**request)
+                answer = {"ok": True}
+            elif op == "setenv":
+                for key, value in request.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                answer = {"ok": True}
+            else:
+                answer = {"ok": False, "type": "ValueError", "message": f"unknown op {op}"}
+        except Exception as err:  # reported to the test, which decides
+            answer = {"ok": False, "type": type(err).__name__, "message": str(err)}
+        print(RESPONSE_PREFIX + json.dumps(answer), flush=True)
+    sys.stderr.flush()
+    os._exit(0)  # stdin closed: skip the interpreter's teardown of torch (seconds), nothing is left to write
+
+
+if __name__ == "__main__":
+    worker_main()
