@@ -1,7 +1,7 @@
 """Quickstart: initialise a torchvision model with GHN-2 and check it runs.
 
-    python examples/quickstart_torchvision.py --ghn imagenet --model resnet50
-    python examples/quickstart_torchvision.py --ghn path/to/ghn.safetensors --model mobilenet_v2
+python examples/quickstart_torchvision.py --ghn imagenet --model resnet50
+python examples/quickstart_torchvision.py --ghn path/to/ghn.safetensors --model mobilenet_v2
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """ghninit: initialise any PyTorch model with parameters predicted by a Graph HyperNetwork (GHN-2).
 
-    >>> import ghninit, torchvision
-    >>> model = torchvision.models.resnet50()
-    >>> report = ghninit.initialize(model, ghn="ghn2_imagenet.safetensors")
+>>> import ghninit, torchvision
+>>> model = torchvision.models.resnet50()
+>>> report = ghninit.initialize(model, ghn="ghn2_imagenet.safetensors")
 """
 
 from .ghn import GHN2

@@ -11,9 +11,9 @@ by dynamic programming over the DAG in topological order, without any all-pairs 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -260,7 +260,12 @@ def _first_output(graph: fx.Graph) -> fx.Node:
     out = next(n for n in reversed(graph.nodes) if n.op == "output")
     node = _first_node(out.args[0])
     # A namedtuple of outputs (GoogLeNet's main and auxiliary logits): follow its first field.
-    while node is not None and node.op == "call_function" and isinstance(node.target, type) and issubclass(node.target, tuple):
+    while (
+        node is not None
+        and node.op == "call_function"
+        and isinstance(node.target, type)
+        and issubclass(node.target, tuple)
+    ):
         node = _first_node((node.args, node.kwargs))
     if node is not None:
         return node

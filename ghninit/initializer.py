@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -61,7 +61,9 @@ def initialize(
     if not predict_classifier:
         for i in graph.classifier:
             if i is not None:
-                skipped[graph.nodes[i].param] = "classifier kept (keep_classifier or class count differs from the GHN's)"
+                skipped[graph.nodes[i].param] = (
+                    "classifier kept (keep_classifier or class count differs from the GHN's)"
+                )
     for name, _ in model.named_parameters():
         if name not in ready and name not in skipped:
             skipped[name] = "not predicted by this GHN"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch.nn as nn
 from torch import fx
@@ -45,9 +45,7 @@ def _torchvision_op_types() -> tuple[type, ...]:
     try:  # torchvision's simple ops (StochasticDepth, FrozenBatchNorm2d...) are leaves, as in its fx helpers
         import torchvision.ops as ops
 
-        return tuple(
-            v for v in vars(ops).values() if isinstance(v, type) and issubclass(v, nn.Module)
-        )
+        return tuple(v for v in vars(ops).values() if isinstance(v, type) and issubclass(v, nn.Module))
     except ImportError:  # pragma: no cover
         return ()
 

@@ -7,7 +7,7 @@ halfway: either every reported parameter is written or the model is untouched.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -37,9 +37,7 @@ def prepare(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> dict[str, t
                 f"the parameter's {tuple(target.shape)}"
             )
         if not torch.isfinite(value.sum()):  # NaN and inf propagate into the sum: one pass
-            raise PredictionError(
-                f"predicted tensor for '{name}' has NaN or infinite values; check the GHN weights"
-            )
+            raise PredictionError(f"predicted tensor for '{name}' has NaN or infinite values; check the GHN weights")
         ready[name] = value.detach().to(device=target.device, dtype=target.dtype)
     return ready
 

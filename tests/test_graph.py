@@ -69,7 +69,18 @@ class Concat(nn.Module):
 
 def test_concat_pooling_shapes_and_glob_avg():
     g = ghninit.build_graph(Concat())
-    assert prims(g) == ["input", "conv", "conv", "concat", "max_pool", "avg_pool", "glob_avg", "glob_avg", "sum", "conv"]
+    assert prims(g) == [
+        "input",
+        "conv",
+        "conv",
+        "concat",
+        "max_pool",
+        "avg_pool",
+        "glob_avg",
+        "glob_avg",
+        "sum",
+        "conv",
+    ]
     assert g.nodes[4].shape == (1, 1, 3, 3)
     assert g.nodes[5].shape == (1, 1, 2, 3)
     assert g.classifier == (None, None)  # a bias-free Linear at n-1 is not a classifier weight

@@ -111,7 +111,9 @@ def test_failed_prediction_leaves_model_untouched(ghn):
 
 
 def test_uncovered_parameters_keep_their_init_and_are_listed(ghn):
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
     gn = model[1].weight.detach().clone()
     report = ghninit.initialize(model, ghn=ghn)
     assert torch.equal(model[1].weight, gn)

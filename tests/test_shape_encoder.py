@@ -27,9 +27,17 @@ def test_channel_and_spatial_buckets():
         return enc.bucket_indices([shape])[0].tolist()
 
     assert buckets((1000, 64, 3, 3)) == [channels.index(1000), channels.index(64), spatial.index(3), spatial.index(3)]
-    assert buckets((5, 2, 2, 12))[:3] == [channels.index(8), channels.index(1), spatial.index(3)]  # 4-7 -> 8; 2 -> 1; 2x2 -> 3
+    assert buckets((5, 2, 2, 12))[:3] == [
+        channels.index(8),
+        channels.index(1),
+        spatial.index(3),
+    ]  # 4-7 -> 8; 2 -> 1; 2x2 -> 3
     assert buckets((5, 2, 2, 12))[3] == spatial.index(11)  # tie 11/13 -> the smaller
-    assert buckets((72, 20000, 40, 13))[:3] == [channels.index(64), channels.index(8192), spatial.index(16)]  # 72: tie 64/80
+    assert buckets((72, 20000, 40, 13))[:3] == [
+        channels.index(64),
+        channels.index(8192),
+        spatial.index(16),
+    ]  # 72: tie 64/80
     assert buckets((4100, 1, 1, 1))[0] == channels.index(4096)
     assert enc.bucket_indices([None])[0].tolist() == [391, 391, 10, 10]  # dummy rows
 

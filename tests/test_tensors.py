@@ -50,7 +50,12 @@ def test_normalisation():
 def test_write_tiled_equals_tile():
     from ghninit.tensors import write_tiled
 
-    for block_shape, shape in [((64, 64, 3, 3), (130, 70, 3, 3)), ((64,), (200,)), ((10, 64), (25, 100)), ((3, 5), (3, 5))]:
+    for block_shape, shape in [
+        ((64, 64, 3, 3), (130, 70, 3, 3)),
+        ((64,), (200,)),
+        ((10, 64), (25, 100)),
+        ((3, 5), (3, 5)),
+    ]:
         block = torch.randn(block_shape)
         dst = torch.empty(shape)
         write_tiled(dst, block)

@@ -8,7 +8,7 @@ maps the 64 output rows to the GHN's classes.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

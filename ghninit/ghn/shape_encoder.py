@@ -8,7 +8,7 @@ channel or spatial values (ties go to the smaller value); nodes without a shape 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
