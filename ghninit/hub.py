@@ -34,10 +34,14 @@ from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import (
     GatedRepoError,
     LocalEntryNotFoundError,
-    RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+try:
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+except ImportError:  # huggingface_hub < 1.0: a remote miss is an EntryNotFoundError (checked after local ones)
+    from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
