@@ -42,6 +42,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import ghninit
 from ghninit.adapt import adapt_to_cifar
+from ghninit.hub import KNOWN_GHNS, download_ghn
 from ghninit.primitives import function_rule, module_rule
 from ghninit.trace import trace
 
@@ -67,40 +68,39 @@ def _sha256(path: Path) -> str:
 def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
     """Load the GHN named by ``--ghn`` and say exactly which weights it is.
 
-    Looked up in this order: an existing file or folder; weights shipped with ghninit
-    (``ghninit/weights/<name>.safetensors`` or a folder ``ghninit/weights/<name>/``); anything
-    else :func:`ghninit.load_ghn` accepts (a known name such as ``imagenet``, or a Hub repo id).
+    Looked up as :func:`ghninit.load_ghn` does (a known name such as ``imagenet`` wins over a
+    folder of that name), with one addition: a bare name that is neither known nor an existing
+    path may be weights shipped with ghninit (``ghninit/weights/<name>.safetensors`` or
+    ``ghninit/weights/<name>/``). Known names and Hub repo ids are fetched with
+    :func:`ghninit.hub.download_ghn` (huggingface_hub's cache), so their weights are hashed too.
 
     Returns:
         the GHN (eval mode) and a JSON-able description: ``source`` (what was asked for),
-        ``resolved`` (the file, folder or Hub id loaded), ``sha256`` of the weights file where
-        there is one, ``num_classes`` and ``max_shape``.
+        ``resolved`` (the file or folder loaded), ``sha256`` of the weights file, ``num_classes``
+        and ``max_shape``.
 
     Raises:
         ghninit.GHNLoadError: when nothing could be loaded; the message lists what was tried.
     """
-    candidates = [Path(name_or_path).expanduser()]
-    if "/" not in str(name_or_path):  # a bare name may be weights shipped with ghninit
-        shipped = Path(ghninit.__file__).resolve().parent / "weights"
-        candidates += [shipped / f"{name_or_path}.safetensors", shipped / str(name_or_path)]
-    found = next((p for p in candidates if p.exists()), None)
+    name = str(name_or_path)
+    shipped = Path(ghninit.__file__).resolve().parent / "weights"
+    local = [Path(name).expanduser(), shipped / f"{name}.safetensors", shipped / name]
+    found = None if name in KNOWN_GHNS else next((p for p in local if p.exists()), None)
     try:
-        ghn = ghninit.load_ghn(found if found is not None else str(name_or_path))
+        if found is None:
+            found = download_ghn(name)
+        ghn = ghninit.load_ghn(found)
     except ghninit.GHNLoadError as err:
-        tried = ", ".join(str(p) for p in candidates)
-        raise ghninit.GHNLoadError(f"--ghn {name_or_path}: not found as {tried}, and: {err}") from err
-    info: dict[str, Any] = {
-        "source": str(name_or_path),
-        "resolved": str(found.resolve()) if found else str(name_or_path),
+        tried = "" if name in KNOWN_GHNS else f"not found as {', '.join(str(p) for p in local)}, and: "
+        raise ghninit.GHNLoadError(f"--ghn {name}: {tried}{err}") from err
+    weights = found if found.is_file() else found / "model.safetensors"
+    return ghn, {
+        "source": name,
+        "resolved": str(found.resolve()),
+        "sha256": _sha256(weights) if weights.is_file() else None,
+        "num_classes": ghn.num_classes,
+        "max_shape": list(ghn.max_shape),
     }
-    weights = None
-    if found is not None:
-        weights = found if found.is_file() else found / "model.safetensors"
-    if weights is not None and weights.is_file():
-        info["sha256"] = _sha256(weights)
-    info["num_classes"] = ghn.num_classes
-    info["max_shape"] = list(ghn.max_shape)
-    return ghn, info
 
 
 @torch.no_grad()
@@ -952,7 +952,7 @@ def run_config(protocol: dict[str, Any], init: str, ghn_info: dict[str, Any] | N
     """What a finished run must match to be reused: the protocol, plus the GHN's weights for GHN runs."""
     if init != "ghn" or ghn_info is None:
         return protocol
-    return {**protocol, "ghn": ghn_info.get("sha256") or ghn_info["resolved"]}
+    return {**protocol, "ghn": ghn_info["sha256"] or ghn_info["resolved"]}
 
 
 def describe_run(
@@ -970,7 +970,7 @@ def describe_run(
     if ghn_info is None:
         ghn = "not used"
     else:
-        ghn = f"`{ghn_info['source']}` -> `{ghn_info['resolved']}`, sha256 {ghn_info.get('sha256', 'n/a')}, {ghn_info['num_classes']} classes"
+        ghn = f"`{ghn_info['source']}` -> `{ghn_info['resolved']}`, sha256 {ghn_info['sha256'] or 'n/a'}, {ghn_info['num_classes']} classes"
     return {
         "command": f"`{command}`",
         "GHN": ghn,
