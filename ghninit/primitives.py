@@ -228,18 +228,32 @@ def _avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("avg_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
 
 
-def _is_hard_sigmoid(node: object, modules: dict) -> bool:
+_HARD_MODULES = (nn.Hardsigmoid, nn.Hardswish)
+_HARD_FUNCTIONS = (F.hardsigmoid, F.hardswish, "hardsigmoid", "hardswish")
+
+
+def _is_hard_activation(node: object, modules: dict) -> bool:
     if not isinstance(node, fx.Node):
         return False
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), nn.Hardsigmoid)
-    return node.target in (F.hardsigmoid, "hardsigmoid")
+        return isinstance(modules.get(node.target), _HARD_MODULES)
+    return node.op in ("call_function", "call_method") and node.target in _HARD_FUNCTIONS
+
+
+def _is_reshaped_hard_gate(node: object, modules: dict) -> bool:
+    """A gate computed as ``hard_activation(...)`` followed by one reshaping op (``.view(b, c, 1, 1)``)."""
+    if not isinstance(node, fx.Node) or node.op not in ("call_method", "call_function") or not node.args:
+        return False
+    return function_rule(node.target) is None and _is_hard_activation(node.args[0], modules)
 
 
 @register_function(operator.mul, operator.imul, torch.mul, "mul", "mul_")
 def _channel_gate(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
-    # Squeeze-and-excitation with a hard-sigmoid gate is `cse`; other products are dropped.
-    if any(_is_hard_sigmoid(a, modules) for a in node.args[:2]):
+    # The reference keeps a product as `cse` when the op two places before it (in its topological
+    # order) is a hard activation: the DeepNets-1M gate `x * hardswish(fc2(...)).view(b, c, 1, 1)`.
+    # A gate that feeds the product directly (torchvision's MobileNetV3: `hardsigmoid(...) * x`)
+    # puts the gate's own layer there instead, so the reference drops it, and so do we.
+    if any(_is_reshaped_hard_gate(a, modules) for a in node.args[:2]):
         return [NodeSpec("cse", min_inputs=2)]
     return None
 

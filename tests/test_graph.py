@@ -87,31 +87,43 @@ def test_concat_pooling_shapes_and_glob_avg():
 
 
 class SE(nn.Module):
-    def __init__(self, gate):
+    """A squeeze-and-excitation block; ``reshaped`` computes the gate as DeepNets-1M does."""
+
+    def __init__(self, gate, reshaped):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(8, 4, 1)
-        self.fc2 = nn.Conv2d(4, 8, 1)
-        self.gate = gate
+        self.fc1 = nn.Linear(8, 4)
+        self.fc2 = nn.Linear(4, 8)
+        self.gate, self.reshaped = gate, reshaped
         self.head = nn.Linear(8, 10)
 
     def forward(self, x):
         x = self.conv(x)
-        s = self.gate(self.fc2(F.relu(self.fc1(self.pool(x)))))
-        x = s * x
+        s = self.gate(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))
+        x = x * (s.view(s.shape[0], s.shape[1], 1, 1) if self.reshaped else s.unsqueeze(-1).unsqueeze(-1))
         return self.head(x.mean((2, 3)))
 
 
-def test_squeeze_excite_gate():
-    hard = ghninit.build_graph(SE(nn.Hardsigmoid()))
-    assert "cse" in prims(hard)
-    cse = prims(hard).index("cse")
-    assert {(hard.nodes[cse - 1].name, hard.nodes[cse].name), ("conv.bias", hard.nodes[cse].name)} <= edge_set(hard)
-    soft = ghninit.build_graph(SE(nn.Sigmoid()))
-    assert "cse" not in prims(soft)
-    # the dropped product wires both of its inputs to its consumer
-    assert {("fc2.bias", "head.weight"), ("conv.bias", "head.weight")} <= edge_set(soft)
+@pytest.mark.parametrize("gate", [nn.Hardswish(), nn.Hardsigmoid()])
+def test_squeeze_excite_with_hard_gate_is_cse(gate):
+    g = ghninit.build_graph(SE(gate, reshaped=True))
+    assert prims(g).count("cse") == 1
+    cse = g.nodes[prims(g).index("cse")].name
+    assert {("fc2.bias", cse), ("conv.bias", cse), (cse, "head.weight")} <= edge_set(g)
+
+
+def test_squeeze_excite_dropped_with_plain_or_direct_gate():
+    for model in (SE(nn.Sigmoid(), reshaped=True), SE(nn.Hardsigmoid(), reshaped=False)):
+        g = ghninit.build_graph(model)
+        assert "cse" not in prims(g)
+        # the dropped product wires both of its inputs to its consumer
+        assert {("fc2.bias", "head.weight"), ("conv.bias", "head.weight")} <= edge_set(g)
+
+
+def test_torchvision_mobilenet_v3_gate_is_dropped_as_in_the_reference():
+    import torchvision
+
+    assert "cse" not in prims(ghninit.build_graph(torchvision.models.mobilenet_v3_small()))
 
 
 def test_depthwise_dilated_and_norm_layers():
