@@ -334,12 +334,13 @@ def cut_before_global_pool(model: nn.Module) -> fx.GraphModule:
 
 
 @torch.no_grad()
-def _out_channels(body: nn.Module, image_size: int = 64) -> int:
-    was_training = body.training
-    body.eval()  # do not touch BatchNorm statistics
-    out = body(torch.zeros(1, 3, image_size, image_size))
-    body.train(was_training)
-    return int(out.shape[1])
+def _probe(module: nn.Module, image_size: int = 64) -> Any:
+    """``module``'s output for one blank image, in eval mode (BatchNorm statistics untouched)."""
+    was_training = module.training
+    module.eval()
+    out = module(torch.zeros(1, 3, image_size, image_size))
+    module.train(was_training)
+    return out
 
 
 def build_detection_backbone(arch: str, classifier: nn.Module) -> nn.Module:
@@ -377,7 +378,7 @@ def build_detection_backbone(arch: str, classifier: nn.Module) -> nn.Module:
     if arch == "vit":
         return ViTFeatureMap(classifier)
     body = cut_before_global_pool(classifier)
-    return FeatureMaps(body, _out_channels(body))
+    return FeatureMaps(body, int(_probe(body).shape[1]))
 
 
 def build_detector(
@@ -402,11 +403,7 @@ def build_detector(
     from torchvision.ops import MultiScaleRoIAlign
 
     sizes = (32, 64, 128, 256, 512)
-    with torch.no_grad():
-        was_training = backbone.training
-        backbone.eval()
-        names = list(backbone(torch.zeros(1, 3, 64, 64)).keys())
-        backbone.train(was_training)
+    names = list(_probe(backbone).keys())
     if len(names) == len(sizes):  # ResNet-50 FPN: one anchor size per level, as torchvision's
         anchor_sizes = tuple((size,) for size in sizes)
     else:  # one map, or MobileNet's 3-level FPN: every size on every level, as torchvision's
