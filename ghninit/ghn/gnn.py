@@ -70,6 +70,7 @@ class GatedGNN(nn.Module):
         x = x[plan.order]
         hid = x.shape[1]
         message = self._message_fn()
+        gru = (self.gru.weight_ih, self.gru.weight_hh, self.gru.bias_ih, self.gru.bias_hh)
         states, messages = [], []
         for start, end in zip(plan.bounds[:-1], plan.bounds[1:]):
             if start == 0:
@@ -79,7 +80,7 @@ class GatedGNN(nn.Module):
                 m = plan.real[start:end, :start] @ sent[:, :hid]
                 if self.ve:
                     m = torch.addmm(m, plan.virtual[start:end, :start], sent[:, hid:])
-            h = self.gru(m, x[start:end])
+            h = torch.gru_cell(m, x[start:end], *gru)
             states.append(h)
             messages.append(message(h))
         return torch.cat(states)[plan.inverse]
