@@ -102,10 +102,12 @@ class ArchSpec:
             norm: ``True`` keeps the spec's norm (``"bn"``: batch statistics, as during GHN
                 training and the paper's evaluation); a string or None overrides it where the
                 spec has BatchNorm (e.g. ``"bn-track"`` to calibrate running statistics).
-            device: where to allocate (``"meta"`` builds without memory, e.g. to count parameters).
+            device: where to allocate (``"meta"`` builds without memory or initialisation, e.g. to
+                count parameters or to run with predicted parameters through ``functional_call``).
         """
         use_norm = self.norm if norm is True or self.norm is None else norm
-        with torch.device(device) if device is not None else _nullcontext():
+        meta = device is not None and torch.device(device).type == "meta"
+        with torch.device(device) if device is not None else _nullcontext(), _skip_init() if meta else _nullcontext():
             return Network(
                 self.genotype,
                 num_classes=num_classes,
@@ -136,6 +138,32 @@ class ArchSpec:
     @property
     def has_bn(self) -> bool:
         return self.norm is not None
+
+
+class _skip_init:
+    """Make ``reset_parameters`` of the layers used here a no-op (meta tensors hold no values anyway)."""
+
+    _classes = (
+        torch.nn.modules.conv._ConvNd,
+        torch.nn.Linear,
+        torch.nn.modules.batchnorm._NormBase,
+        torch.nn.LayerNorm,
+    )
+
+    def __enter__(self):
+        self._saved = [c.__dict__["reset_parameters"] for c in self._classes]
+        for c in self._classes:
+            c.reset_parameters = _no_reset
+        return self
+
+    def __exit__(self, *exc):
+        for c, f in zip(self._classes, self._saved):
+            c.reset_parameters = f
+        return False
+
+
+def _no_reset(self) -> None:
+    return None
 
 
 class _nullcontext:

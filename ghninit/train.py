@@ -1,0 +1,500 @@
+"""Meta-batched GHN training on DeepNets-1M (Eq. 2 of "Parameter Prediction for Unseen Deep Architectures").
+
+Each step takes one batch of images and ``meta_batch`` architectures of the TRAIN split, predicts
+all their parameters with the GHN, runs every network on the images with
+:func:`torch.func.functional_call` (the networks own no parameters of their own: they are built
+on the ``meta`` device), averages the cross-entropies and backpropagates into the GHN. A
+meta-batch whose loss or gradient is not finite is skipped and logged.
+
+Speed comes from two exact rewrites of the GHN's forward (checked against ``GHN2.forward`` in
+the tests): the graphs of a meta-batch are joined into one disjoint graph, so message passing
+runs once over depth levels shared by all of them; and the decoder computes only the channels a
+target tensor reads (a 16-channel layer reads 16 x 16 of the 64 x 64 predicted block), which
+cuts the decoder's last 1x1 convolution, the largest cost, by up to 16x.
+
+Everything random in a step is a pure function of ``(seed, step)``: the architectures, the image
+batch and its augmentation (see :mod:`ghninit.data`), and dropout (the torch generator is
+reseeded per network). A run resumed from a checkpoint therefore takes exactly the steps an
+uninterrupted run would have taken.
+
+Data-parallel training uses :class:`torch.nn.parallel.DistributedDataParallel` (gloo on CPU,
+nccl on GPU): every process sees the same images and takes its share of the meta-batch; averaged
+gradients equal those of one process running the whole meta-batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .deepnets import ArchSpec, generate
+from .ghn import GHN2
+from .graph import Graph, build_graph
+from .primitives import NORM_PRIMITIVES
+from .tensors import crop, normalize, tile
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in checkpoints).
+
+    GHN architecture: ``hypernet``, ``ve`` (virtual edges), ``weight_norm``, ``layernorm``,
+    ``hid``, ``max_shape``/``num_classes`` (published CIFAR-10 GHN-2: (64, 64, 11, 11), 10).
+    GHN-1 is ``ve=False, weight_norm=False, layernorm=False, meta_batch=1``; the MLP baseline
+    is ``hypernet="mlp"``.
+    """
+
+    dataset: str = "cifar10"
+    num_classes: int = 10
+    image_size: int = 32
+    max_shape: tuple[int, int, int, int] = (64, 64, 11, 11)
+    hypernet: str = "gatedgnn"
+    ve: bool = True
+    weight_norm: bool = True
+    layernorm: bool = True
+    hid: int = 32
+    split: str = "train"
+    num_nets: int = 10**6
+    meta_batch: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    epochs: float = 300
+    lr_steps: tuple[float, ...] = (200, 250)
+    gamma: float = 0.1
+    grad_clip: float = 5.0
+    max_nodes: int = 2200
+    seed: int = 0
+    channels_last: bool = True
+
+    @classmethod
+    def for_dataset(cls, dataset: str, **overrides) -> TrainConfig:
+        """Paper defaults for ``"cifar10"`` or ``"imagenet"`` (batch 256, S = 16, 1000 classes)."""
+        if dataset == "imagenet":
+            base = dict(
+                dataset="imagenet", num_classes=1000, image_size=224, max_shape=(64, 64, 16, 16), batch_size=256
+            )
+        else:
+            base = dict(dataset=dataset)
+        return cls(**{**base, **overrides})
+
+    def ghn_kwargs(self) -> dict:
+        """Constructor arguments of :class:`~ghninit.GHN2`."""
+        return dict(
+            max_shape=tuple(self.max_shape),
+            num_classes=self.num_classes,
+            hypernet=self.hypernet,
+            decoder="conv",
+            weight_norm=self.weight_norm,
+            ve=self.ve,
+            layernorm=self.layernorm,
+            hid=self.hid,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        for key in ("max_shape", "lr_steps"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+PRESETS: dict[str, dict] = {
+    "ghn2": dict(hypernet="gatedgnn", ve=True, weight_norm=True, layernorm=True, meta_batch=8),
+    "ghn1": dict(hypernet="gatedgnn", ve=False, weight_norm=False, layernorm=False, meta_batch=1),
+    "mlp": dict(hypernet="mlp", ve=True, weight_norm=True, layernorm=True, meta_batch=8),
+}
+
+
+def make_ghn(config: TrainConfig, seed: int | None = None) -> GHN2:
+    """A freshly initialised GHN for ``config`` (seeded with ``config.seed`` unless given)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed if seed is None else seed)
+        return GHN2(**config.ghn_kwargs())
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched, channel-restricted prediction
+
+
+def union_graph(graphs: Sequence[Graph]) -> Graph:
+    """The disjoint union of ``graphs`` (nodes concatenated in order, edges offset)."""
+    nodes, edges, offset = [], [], 0
+    for g in graphs:
+        nodes.extend(g.nodes)
+        e = g.edges.copy()
+        e[:, :2] += offset
+        edges.append(e)
+        offset += len(g.nodes)
+    return Graph(nodes, np.concatenate(edges) if edges else np.zeros((0, 3), dtype=np.int64), {})
+
+
+def _decode_conv(ghn: GHN2, x: torch.Tensor, h: int, w: int, n_out: int, n_in: int) -> torch.Tensor:
+    """``ghn.decoder(x, (h, w))[:, :n_out, :n_in]`` computing only those output channels: ``(N, n_out, n_in, h, w)``."""
+    dec = ghn.decoder
+    out0, out1, s0, s1 = dec.out_shape
+    hid0 = dec.hid[0]
+    fc, conv1, conv2 = dec.fc[0], dec.conv[0], dec.conv[2]
+    dev = x.device
+    rows = (
+        torch.arange(hid0, device=dev)[:, None, None] * (s0 * s1)
+        + torch.arange(h, device=dev)[None, :, None] * s1
+        + torch.arange(w, device=dev)[None, None, :]
+    ).reshape(-1)
+    y = F.relu(F.linear(x, fc.weight[rows], fc.bias[rows])).view(len(x), hid0, h, w)
+    y = F.relu(conv1(y))
+    sel = (torch.arange(n_out, device=dev)[:, None] * out1 + torch.arange(n_in, device=dev)[None, :]).reshape(-1)
+    w2 = conv2.weight.view(conv2.out_channels, -1)[sel]
+    z = torch.einsum("nchw,rc->nrhw", y, w2) + conv2.bias[sel][None, :, None, None]
+    return z.view(len(x), n_out, n_in, h, w)
+
+
+def _decode_classifier(ghn: GHN2, x: torch.Tensor, n_in: int) -> torch.Tensor:
+    """``ghn.decoder(x, class_pred=True)[:, :, :n_in]``: ``(N, num_classes, n_in)``."""
+    z = _decode_conv(ghn, x, 1, 1, ghn.decoder.out_shape[0], n_in)  # (N, 64, n_in, 1, 1)
+    return ghn.decoder.class_layer_predictor(z[:, :, :, :, 0])[:, :, :, 0]
+
+
+def predict_params(ghn: GHN2, graphs: Sequence[Graph]) -> list[dict[str, torch.Tensor]]:
+    """``[ghn(g) for g in graphs]`` (classifiers predicted), computed in one pass; differentiable.
+
+    Message passing runs once on the union of the graphs; each decoder group computes only the
+    output and input channels its target tensors read.
+    """
+    if not graphs:
+        return []
+    union = union_graph(graphs) if len(graphs) > 1 else graphs[0]
+    states = ghn.node_states(union, predict_classifier=True)
+    max_out, max_in, s0, s1 = ghn.max_shape
+    # (graph, node) of every predicted tensor, grouped by what the decoder must compute.
+    groups: dict[tuple, list[tuple[int, int, int]]] = {}
+    offset = 0
+    for gi, g in enumerate(graphs):
+        cls_w, cls_b = g.classifier
+        for i, node in enumerate(g.nodes):
+            if node.param is None or node.param in g.uncovered:
+                continue
+            shape = node.shape
+            if i == cls_w:
+                key: tuple = ("cls_w", min(shape[1], max_in))
+            elif i == cls_b:
+                key = ("cls_b",)
+            elif len(shape) == 1:
+                key = ("1d",)
+            elif len(shape) == 2:
+                key = ("conv", 1, 1, min(shape[0], max_out), min(shape[1], max_in))
+            elif len(shape) == 4:
+                key = ("conv", min(shape[2], s0), min(shape[3], s1), min(shape[0], max_out), min(shape[1], max_in))
+            else:
+                continue
+            groups.setdefault(key, []).append((gi, i, offset + i))
+        offset += len(g.nodes)
+
+    out: list[dict[str, torch.Tensor]] = [{} for _ in graphs]
+
+    def finish(gi: int, name: str, tensor: torch.Tensor, shape: tuple[int, ...], kind: str) -> None:
+        block = crop(tensor, shape)
+        if ghn.weight_norm:
+            block = normalize(block, kind, shape)
+        out[gi][name] = tile(block, shape)
+
+    for key, members in groups.items():
+        x = states[torch.tensor([m[2] for m in members], device=states.device)]
+        if key[0] == "conv":
+            decoded = _decode_conv(ghn, x, *key[1:])
+        elif key[0] == "cls_w":
+            decoded = _decode_classifier(ghn, x, key[1])
+        else:
+            decoded = ghn.decoder_1d(x).view(len(x), 2, -1)
+            if key[0] == "cls_b":
+                decoded = ghn.bias_class(decoded)
+        for j, (gi, i, _) in enumerate(members):
+            node = graphs[gi].nodes[i]
+            w = decoded[j]
+            if key[0] in ("1d", "cls_b"):
+                if node.primitive in NORM_PRIMITIVES:
+                    finish(gi, node.param, w[0], node.shape, "norm")
+                    if node.bias is not None:
+                        finish(gi, node.bias, w[1], node.shape, "bias")
+                else:
+                    finish(gi, node.param, w[1], node.shape, "bias")
+            else:
+                kind = "pos_enc" if node.primitive == "pos_enc" else "weight"
+                finish(gi, node.param, w, node.shape, kind)
+    return out
+
+
+class MetaBatchPredictor(nn.Module):
+    """The module data-parallel training wraps: graphs in, predicted parameters out."""
+
+    def __init__(self, ghn: GHN2):
+        super().__init__()
+        self.ghn = ghn
+
+    def forward(self, graphs: Sequence[Graph]) -> list[dict[str, torch.Tensor]]:
+        return predict_params(self.ghn, graphs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures of a step
+
+
+def meta_batch_indices(seed: int, step: int, attempt: int, meta_batch: int, num_nets: int) -> list[int]:
+    """Architecture indices of a step's meta-batch (attempt > 0 after an over-size draw)."""
+    rng = np.random.default_rng([seed, 7, step, attempt])
+    return [int(i) for i in rng.integers(0, num_nets, size=meta_batch)]
+
+
+@dataclass
+class Architecture:
+    """One sampled network: its spec, a parameter-free (meta) instance, and its graph."""
+
+    spec: ArchSpec
+    net: nn.Module
+    graph: Graph
+    fallback: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def prepare_architecture(spec: ArchSpec, config: TrainConfig) -> Architecture:
+    """Build the network on the ``meta`` device (no memory, no init) and its graph."""
+    net = spec.build(config.num_classes, config.image_size, device="meta")
+    graph = build_graph(net, virtual_edge_cutoff=50 if config.ve else 1)
+    fallback = {}
+    if graph.uncovered:  # parameters the GHN does not predict keep a real initialisation
+        real = dict(spec.build(config.num_classes, config.image_size).named_parameters())
+        fallback = {name: real[name].detach() for name in graph.uncovered}
+    return Architecture(spec, net, graph, fallback)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+
+
+@dataclass
+class StepResult:
+    """What one training step did."""
+
+    step: int
+    loss: float
+    skipped: bool
+    seconds: dict[str, float]
+    arch_indices: list[int]
+    n_nodes: int
+    top1: float = float("nan")
+    reason: str = ""
+
+
+def _seed_for(*keys: int) -> int:
+    return int(np.random.default_rng([int(k) for k in keys]).integers(0, 2**62))
+
+
+class Trainer:
+    """GHN training state and one ``step`` of Eq. 2.
+
+    Args:
+        config: the run's configuration.
+        ghn: the GHN to train (default: a fresh one from ``config``).
+        device: where the GHN and the networks run.
+        distributed: wrap the GHN in DistributedDataParallel (the process group must exist).
+        steps_per_epoch: batches per epoch (for the step-decay schedule, in epochs).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        ghn: GHN2 | None = None,
+        device: str | torch.device = "cpu",
+        distributed: bool = False,
+        steps_per_epoch: int = 781,
+    ):
+        self.config = config
+        self.device = torch.device(device)
+        self.ghn = (ghn if ghn is not None else make_ghn(config)).to(self.device).train()
+        self.distributed = distributed and dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        if config.meta_batch % self.world_size:
+            raise ValueError(f"meta-batch {config.meta_batch} must be a multiple of the {self.world_size} processes")
+        predictor = MetaBatchPredictor(self.ghn)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            predictor = DistributedDataParallel(
+                predictor, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.predictor = predictor
+        self.optimizer = torch.optim.Adam(self.ghn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.steps_per_epoch = steps_per_epoch
+        milestones = [max(1, int(round(e * steps_per_epoch))) for e in config.lr_steps]
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=config.gamma)
+        self.step = 0
+        self.skipped: list[tuple[int, str]] = []
+
+    @property
+    def total_steps(self) -> int:
+        return int(math.ceil(self.config.epochs * self.steps_per_epoch))
+
+    # -- one step --------------------------------------------------------------------------
+
+    def sample_architectures(self, step: int) -> tuple[list[int], list[Architecture]]:
+        """This process's share of the step's meta-batch (resampled while over ``max_nodes`` in total)."""
+        c = self.config
+        share = c.meta_batch // self.world_size
+        lo = self.rank * share
+        for attempt in range(100):
+            indices = meta_batch_indices(c.seed, step, attempt, c.meta_batch, c.num_nets)
+            mine = [prepare_architecture(generate(c.split, i), c) for i in indices[lo : lo + share]]
+            nodes = torch.tensor([sum(len(a.graph) for a in mine)], dtype=torch.long, device=self.device)
+            if self.distributed:
+                dist.all_reduce(nodes)
+            if c.max_nodes <= 0 or nodes.item() <= c.max_nodes:
+                return indices[lo : lo + share], mine
+        return indices[lo : lo + share], mine
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> StepResult:
+        """One optimiser step on this batch of images and the step's architectures."""
+        c = self.config
+        step = self.step
+        t0 = time.perf_counter()
+        indices, archs = self.sample_architectures(step)
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if c.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        t1 = time.perf_counter()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        predicted = self.predictor([a.graph for a in archs])
+        t2 = time.perf_counter()
+
+        share = c.meta_batch // self.world_size
+        losses, correct = [], 0
+        leaves = [t for p in predicted for t in p.values()]
+        for j, (arch, params) in enumerate(zip(archs, predicted)):
+            torch.manual_seed(_seed_for(c.seed, 11, step, self.rank * share + j))  # dropout
+            params = {**arch.fallback, **params}
+            logits = functional_call(arch.net, params, (images,))
+            losses.append(F.cross_entropy(logits, targets))
+            correct += (logits.argmax(1) == targets).sum().item()
+        # Mean over the global meta-batch: DDP averages gradients over processes.
+        loss = torch.stack(losses).mean()
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        t3 = time.perf_counter()
+        if finite:
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
+            torch.autograd.backward(leaves, grads)
+        else:  # keep processes in lock-step: contribute zero gradients, the step is skipped below
+            torch.autograd.backward(leaves, [torch.zeros_like(t) for t in leaves])
+        t4 = time.perf_counter()
+
+        flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+        if self.distributed:
+            dist.all_reduce(flag)
+        grad_norm = nn.utils.clip_grad_norm_(self.ghn.parameters(), c.grad_clip)
+        reason = ""
+        if flag.item() > 0:
+            reason = "non-finite loss"
+        elif not torch.isfinite(grad_norm):
+            reason = "non-finite gradient"
+        if reason:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped.append((step, reason))
+        else:
+            self.optimizer.step()
+        with warnings.catch_warnings():  # a skipped first step makes the scheduler warn; the schedule is by step
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        self.step += 1
+        stats = torch.tensor(
+            [float(loss.detach()), float(correct), float(len(targets) * len(archs))], device=self.device
+        )
+        if self.distributed:
+            dist.all_reduce(stats)
+            stats[0] /= self.world_size
+        t5 = time.perf_counter()
+        return StepResult(
+            step=step,
+            loss=float(stats[0]),
+            skipped=bool(reason),
+            seconds={
+                "graphs": t1 - t0,
+                "ghn_forward": t2 - t1,
+                "nets_forward_backward": t3 - t2,
+                "ghn_backward": t4 - t3,
+                "optimizer": t5 - t4,
+                "total": t5 - t0,
+            },
+            arch_indices=indices,
+            n_nodes=sum(len(a.graph) for a in archs),
+            top1=100.0 * float(stats[1] / stats[2]),
+            reason=reason,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Model, optimiser, scheduler, RNG states, step and config."""
+        return {
+            "ghn": self.ghn.state_dict(),
+            "ghn_config": self.ghn.config,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "skipped": list(self.skipped),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state()[1].tolist(),
+                "python": repr(random.getstate()),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.ghn.load_state_dict(state["ghn"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.skipped = [tuple(s) for s in state.get("skipped", [])]
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+
+    def save(self, path) -> None:
+        """Write a checkpoint atomically (``path`` is replaced only once fully written)."""
+        import os
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+
+    def load(self, path) -> None:
+        """Resume from a checkpoint written by :meth:`save`."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.ghn_kwargs() != self.config.ghn_kwargs():
+            raise ValueError(f"checkpoint {path} is for a different GHN: {saved.ghn_kwargs()}")
+        self.load_state_dict(state)

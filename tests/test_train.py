@@ -1,0 +1,142 @@
+"""GHN training: exact batched prediction, loss decrease on a fixed batch, NaN skipping, exact resume."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn as nn
+
+import ghninit
+from ghninit import build_graph, deepnets
+from ghninit.data import ImageTensors, TrainBatches
+from ghninit.train import (
+    PRESETS,
+    TrainConfig,
+    Trainer,
+    make_ghn,
+    meta_batch_indices,
+    predict_params,
+    prepare_architecture,
+    union_graph,
+)
+
+SMALL = TrainConfig(meta_batch=2, batch_size=8, max_nodes=300, lr_steps=(1000,), epochs=1)
+
+
+def _small_archs(config: TrainConfig, n: int, start: int = 0) -> list:
+    """The first ``n`` TRAIN architectures with few nodes (fast to run)."""
+    out, i = [], start
+    while len(out) < n:
+        spec = deepnets.generate("train", i)
+        i += 1
+        if spec.n_cells <= 6 and spec.channels <= 32 and spec.genotype.steps <= 2:
+            out.append(prepare_architecture(spec, config))
+    return out
+
+
+def _synthetic(n: int = 32, seed: int = 0) -> ImageTensors:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    images[:, labels % 3, :, :] //= 2  # a little class signal
+    return ImageTensors(images, labels)
+
+
+def test_batched_prediction_equals_ghn_forward():
+    torch.manual_seed(0)
+    ghn = make_ghn(TrainConfig())
+    with torch.no_grad():  # make every decoder row matter
+        for p in ghn.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    archs = _small_archs(TrainConfig(), 3)
+    wide = prepare_architecture(deepnets.generate("wide", 2), TrainConfig())  # 128 channels: tiling
+    graphs = [a.graph for a in archs] + [
+        wide.graph,
+        build_graph(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 30 * 30, 10))),
+    ]
+    got = predict_params(ghn, graphs)
+    for graph, pred in zip(graphs, got):
+        ref = ghn(graph)
+        assert pred.keys() == ref.keys()
+        for name in ref:
+            assert pred[name].shape == ref[name].shape, name
+            torch.testing.assert_close(pred[name], ref[name], rtol=1e-5, atol=1e-6)
+
+
+def test_union_graph_offsets_edges():
+    archs = _small_archs(TrainConfig(), 2)
+    g = union_graph([a.graph for a in archs])
+    n0 = len(archs[0].graph)
+    assert len(g) == n0 + len(archs[1].graph)
+    assert (g.edges[len(archs[0].graph.edges) :, :2] >= n0).all()
+    assert len(g.depth_levels()) == max(len(a.graph.depth_levels()) for a in archs)
+
+
+def test_meta_batches_are_deterministic():
+    assert meta_batch_indices(0, 5, 0, 8, 10**6) == meta_batch_indices(0, 5, 0, 8, 10**6)
+    assert meta_batch_indices(0, 5, 0, 8, 10**6) != meta_batch_indices(0, 6, 0, 8, 10**6)
+
+
+def test_training_steps_reduce_the_loss_on_a_fixed_batch():
+    config = dataclasses.replace(SMALL, lr=2e-3)
+    trainer = Trainer(config)
+    archs = _small_archs(config, 2)
+    trainer.sample_architectures = lambda step: ([0, 1], archs)
+    data = _synthetic(16)
+    images, labels = data.normalize(data.images), data.labels
+    losses = [trainer.train_step(images, labels).loss for _ in range(12)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+
+def test_non_finite_meta_batch_is_skipped_and_logged():
+    trainer = Trainer(SMALL)
+    archs = _small_archs(SMALL, 2)
+    trainer.sample_architectures = lambda step: ([0, 1], archs)
+    before = copy.deepcopy(trainer.ghn.state_dict())
+    images = torch.full((4, 3, 32, 32), float("nan"))
+    result = trainer.train_step(images, torch.zeros(4, dtype=torch.long))
+    assert result.skipped and "non-finite" in result.reason
+    assert trainer.skipped == [(0, result.reason)]
+    for k, v in trainer.ghn.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert trainer.step == 1
+
+
+def test_resume_reproduces_the_next_step(tmp_path):
+    data = TrainBatches(_synthetic(32), SMALL.batch_size, seed=3)
+    a = Trainer(SMALL, steps_per_epoch=data.steps_per_epoch)
+    a.train_step(*data.batch(0))
+    a.save(tmp_path / "ckpt.pt")
+    expected = a.train_step(*data.batch(1))
+
+    b = Trainer(SMALL, ghn=make_ghn(SMALL, seed=123), steps_per_epoch=data.steps_per_epoch)
+    b.load(tmp_path / "ckpt.pt")
+    assert b.step == 1
+    got = b.train_step(*data.batch(b.step))
+    assert got.arch_indices == expected.arch_indices
+    assert got.loss == expected.loss
+    for (k, va), vb in zip(a.ghn.state_dict().items(), b.ghn.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert a.optimizer.state_dict()["state"][0]["step"] == b.optimizer.state_dict()["state"][0]["step"]
+
+
+def test_presets_are_the_paper_ablations():
+    ghn1 = make_ghn(TrainConfig(**PRESETS["ghn1"]))
+    assert not ghn1.ve and not ghn1.weight_norm and not ghn1.layernorm
+    mlp = make_ghn(TrainConfig(**PRESETS["mlp"]))
+    assert mlp.hypernet == "mlp"
+    archs = _small_archs(TrainConfig(**PRESETS["ghn1"]), 1)
+    assert not archs[0].graph.virtual_edges.size  # no virtual edges without ve
+    out = predict_params(mlp, [a.graph for a in _small_archs(TrainConfig(), 1)])
+    assert out and all(torch.isfinite(t).all() for t in out[0].values())
+
+
+def test_published_architecture_is_trained():
+    ghn = make_ghn(TrainConfig())
+    assert ghn.config == {**ghninit.GHN2(max_shape=(64, 64, 11, 11), num_classes=10).config}
+    assert sum(p.numel() for p in ghn.parameters()) == sum(
+        p.numel() for p in ghninit.GHN2(max_shape=(64, 64, 11, 11), num_classes=10).parameters()
+    )
