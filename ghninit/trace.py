@@ -58,6 +58,8 @@ def _timm_notrace() -> tuple[tuple[type, ...], tuple]:
         from timm.models._features_fx import get_notrace_functions, get_notrace_modules
     except ImportError:  # pragma: no cover - older timm
         return (), ()
+    from . import timm_rules  # noqa: F401  (registers rules for some of timm's leaf modules)
+
     return tuple(get_notrace_modules()), tuple(get_notrace_functions())
 
 

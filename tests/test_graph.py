@@ -235,3 +235,12 @@ def test_multihead_attention_is_an_msa_block():
     g = ghninit.build_graph(Block())
     assert prims(g) == ["input", "ln", "conv", "bias", "msa", "conv", "bias", "sum", "conv", "bias"]
     assert g.nodes[2].name == "attn.in_proj_weight" and g.nodes[5].name == "attn.out_proj.weight"
+
+
+def test_timm_untraceable_conv_mlp_is_described_by_a_rule():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("vgg11", pretrained=False, num_classes=10)
+    g = ghninit.build_graph(model)
+    names = [n.name for n in g.nodes]
+    assert names.index("pre_logits.fc1.weight") < names.index("pre_logits.fc2.weight") < names.index("head.fc.weight")
+    assert not any(name.startswith("pre_logits") for name in g.uncovered)
