@@ -77,6 +77,7 @@ class TrainConfig:
     lr_steps: tuple[float, ...] = (200, 250)
     gamma: float = 0.1
     grad_clip: float = 5.0
+    adam_eps: float = 1e-8
     max_nodes: int = 2200
     seed: int = 0
     channels_last: bool = True
@@ -341,7 +342,9 @@ class Trainer:
                 predictor, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.predictor = predictor
-        self.optimizer = torch.optim.Adam(self.ghn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self.ghn.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps
+        )
         self.steps_per_epoch = steps_per_epoch
         milestones = [max(1, int(round(e * steps_per_epoch))) for e in config.lr_steps]
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=config.gamma)

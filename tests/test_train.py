@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -140,3 +141,94 @@ def test_published_architecture_is_trained():
     assert sum(p.numel() for p in ghn.parameters()) == sum(
         p.numel() for p in ghninit.GHN2(max_shape=(64, 64, 11, 11), num_classes=10).parameters()
     )
+
+
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image_folder(root, per_class: int = 2) -> None:
+    from PIL import Image
+
+    from ghninit.data import CIFAR10_CLASSES
+
+    g = torch.Generator().manual_seed(0)
+    for part in ("train", "test"):
+        for name in CIFAR10_CLASSES:
+            (root / part / name).mkdir(parents=True)
+            for k in range(per_class):
+                pixels = torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / part / name / f"{k:04d}.png")
+
+
+def test_train_and_eval_scripts_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GHNINIT_CACHE", str(tmp_path / "cache"))
+    _image_folder(tmp_path / "data")
+    train_ghn, eval_ghn = _load_script("train_ghn"), _load_script("eval_ghn")
+    args = ["--data-dir", str(tmp_path / "data"), "--save-dir", str(tmp_path / "run"), "--quiet"]
+    args += ["--batch-size", "8", "--meta-batch", "2", "--max-nodes", "300", "--epochs", "10"]
+    assert train_ghn.main([*args, "--max-steps", "1"]) == 0
+    assert train_ghn.main([*args, "--max-steps", "2"]) == 0  # resumes at step 1
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step 2/2" in out
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,lr,loss") and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+    final = tmp_path / "run" / "final"
+    assert (final / "config.json").exists() and (final / "model.safetensors").exists()
+    ghn = ghninit.load_ghn(final)
+    assert ghn.config == make_ghn(TrainConfig()).config
+    assert ghninit.load_ghn(final / "ghn.safetensors").config == ghn.config
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and {"ghn", "optimizer", "scheduler", "rng", "cpu_minutes"} <= state.keys()
+
+    assert (
+        eval_ghn.main(
+            ["--ghn", str(final), "--data-dir", str(tmp_path / "data"), "-n", "1", "--out", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
+    assert "| test | 1 |" in capsys.readouterr().out
+    assert (
+        eval_ghn.main(
+            [
+                "--init",
+                "he",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "-n",
+                "1",
+                "--bn",
+                "calibrate",
+                "--calibrate-batches",
+                "1",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
+
+
+def test_train_script_help_documents_every_option(capsys):
+    train_ghn = _load_script("train_ghn")
+    with pytest.raises(SystemExit):
+        train_ghn.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for option in (
+        "--meta-batch",
+        "--no-ve",
+        "--no-norm",
+        "--no-ln",
+        "--hypernet",
+        "--max-minutes",
+        "--lr-steps",
+        "torchrun",
+    ):
+        assert option in text

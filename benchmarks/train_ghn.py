@@ -1,0 +1,341 @@
+"""Train a GHN on DeepNets-1M (Eq. 2 of the GHN-2 paper): meta-batches of architectures per image batch.
+
+Examples:
+
+    # GHN-2 on CIFAR-10 with the paper's hyper-parameters (local ImageFolder copy)
+    python benchmarks/train_ghn.py --data-dir ../shared/data/cifar10-jpeg --save-dir runs/ghn2
+
+    # stop after 30 minutes; the same command later resumes from runs/ghn2/checkpoint.pt
+    python benchmarks/train_ghn.py --data-dir ../shared/data/cifar10-jpeg --save-dir runs/ghn2 --max-minutes 30
+
+    # ablations: GHN-1, the MLP baseline, or single flags
+    python benchmarks/train_ghn.py --preset ghn1 ...        # no virtual edges/normalisation/LayerNorm, b_m = 1
+    python benchmarks/train_ghn.py --preset mlp ...         # MLP instead of the gated GNN
+    python benchmarks/train_ghn.py --no-ve --meta-batch 1 ...
+
+    # data-parallel on 2 CPU processes (gloo) or GPUs (nccl); the meta-batch is split over processes
+    torchrun --nproc_per_node 2 benchmarks/train_ghn.py --data-dir ... --save-dir runs/ghn2-ddp
+
+Outputs in --save-dir: checkpoint.pt (model, optimiser, scheduler, RNG, step; rewritten every
+--checkpoint-minutes and at exit), log.csv (one row per step: loss, accuracy of the predicted
+networks on the batch, timings, images/s, CPU time), and final/ in the Hugging Face Hub layout
+(config.json + model.safetensors, loadable with ghninit.load_ghn("runs/ghn2/final")) plus
+final/ghn.safetensors (a single file with the config in its metadata).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ghninit.data import TrainBatches, imagenet_loaders, load_cifar10  # noqa: E402
+from ghninit.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+
+CSV_FIELDS = [
+    "step",
+    "epoch",
+    "lr",
+    "loss",
+    "top1",
+    "skipped",
+    "nodes",
+    "archs",
+    "graphs_s",
+    "ghn_forward_s",
+    "nets_forward_backward_s",
+    "ghn_backward_s",
+    "optimizer_s",
+    "step_s",
+    "images_per_s",
+    "wall_s",
+    "cpu_minutes",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = p.add_argument_group("data")
+    d.add_argument(
+        "--dataset", default="cifar10", choices=["cifar10", "imagenet"], help="image data set (default: cifar10)"
+    )
+    d.add_argument(
+        "--data-dir",
+        default="./data",
+        help="CIFAR-10: an ImageFolder tree (train/, test/) or torchvision's download folder; "
+        "ImageNet: an ImageFolder tree (train/, val/). Default: ./data",
+    )
+    d.add_argument("--download", action="store_true", help="download CIFAR-10 with torchvision if absent")
+    d.add_argument("--workers", type=int, default=4, help="ImageNet data-loading workers (default: 4)")
+
+    g = p.add_argument_group("GHN (the published GHN-2 by default)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="ghn2", help="ghn2 (default), ghn1 or mlp")
+    g.add_argument("--hypernet", choices=["gatedgnn", "mlp"], help="message passing: gated GNN or none (MLP baseline)")
+    g.add_argument("--no-ve", action="store_true", help="no virtual edges (ablation)")
+    g.add_argument("--no-norm", action="store_true", help="no normalisation of predicted parameters (ablation)")
+    g.add_argument("--no-ln", action="store_true", help="no LayerNorm on node states (ablation)")
+    g.add_argument("--hid", type=int, default=32, help="node state size (default: 32)")
+
+    t = p.add_argument_group("optimisation (paper defaults)")
+    t.add_argument("-m", "--meta-batch", type=int, help="architectures per image batch, b_m (default: 8; ghn1: 1)")
+    t.add_argument("-b", "--batch-size", type=int, help="images per batch (default: 64 CIFAR-10, 256 ImageNet)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    t.add_argument("--wd", type=float, default=1e-5, help="weight decay (default: 1e-5)")
+    t.add_argument("--epochs", type=float, default=300, help="epochs of the schedule (default: 300)")
+    t.add_argument(
+        "--lr-steps",
+        type=str,
+        default=None,
+        help="epochs at which the lr is multiplied by --gamma, comma-separated "
+        "(default: 2/3 and 5/6 of --epochs, i.e. 200,250 for 300 epochs)",
+    )
+    t.add_argument("--gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
+    t.add_argument("--grad-clip", type=float, default=5.0, help="gradient norm clipping (default: 5)")
+    t.add_argument(
+        "--max-nodes",
+        type=int,
+        default=2200,
+        help="redraw a meta-batch whose graphs have more nodes in total (default: 2200, as the reference; 0: off)",
+    )
+    t.add_argument("--num-nets", type=int, default=10**6, help="TRAIN architectures to sample from (default: 1M)")
+    t.add_argument("--seed", type=int, default=0, help="seed of everything random (default: 0)")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--save-dir", default="runs/ghn", help="checkpoint, CSV log and final model (default: runs/ghn)")
+    r.add_argument("--no-resume", action="store_true", help="start over even if --save-dir has a checkpoint")
+    r.add_argument("--init", help="start from these GHN weights (a folder, .safetensors or reference .pt)")
+    r.add_argument("--max-steps", type=int, help="stop after this many steps in total")
+    r.add_argument("--max-minutes", type=float, help="stop this invocation after this wall time (checkpoint kept)")
+    r.add_argument(
+        "--max-cpu-minutes",
+        type=float,
+        help="stop once the run (all invocations together, this process) has used this much CPU time",
+    )
+    r.add_argument("--checkpoint-minutes", type=float, default=10.0, help="checkpoint interval (default: 10)")
+    r.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    r.add_argument("--no-channels-last", action="store_true", help="keep NCHW activations in the target networks")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    preset = dict(PRESETS[args.preset])
+    overrides = {
+        "hid": args.hid,
+        "lr": args.lr,
+        "weight_decay": args.wd,
+        "epochs": args.epochs,
+        "gamma": args.gamma,
+        "grad_clip": args.grad_clip,
+        "max_nodes": args.max_nodes,
+        "num_nets": args.num_nets,
+        "seed": args.seed,
+        "channels_last": not args.no_channels_last,
+    }
+    if args.hypernet:
+        overrides["hypernet"] = args.hypernet
+    if args.no_ve:
+        overrides["ve"] = False
+    if args.no_norm:
+        overrides["weight_norm"] = False
+    if args.no_ln:
+        overrides["layernorm"] = False
+    if args.meta_batch:
+        overrides["meta_batch"] = args.meta_batch
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    steps = args.lr_steps
+    overrides["lr_steps"] = (
+        tuple(float(s) for s in steps.split(",") if s) if steps else (args.epochs * 2 / 3, args.epochs * 5 / 6)
+    )
+    return TrainConfig.for_dataset(args.dataset, **{**preset, **overrides})
+
+
+class ImageNetBatches:
+    """Batch ``step`` of an ImageNet loader (order reseeded per epoch; resuming skips to the position)."""
+
+    def __init__(self, loader, seed: int):
+        self.loader, self.seed = loader, seed
+        self.steps_per_epoch = len(loader)
+        self._it, self._next = None, -1
+
+    def batch(self, step: int):
+        if self._it is None or step != self._next:
+            epoch, pos = divmod(step, self.steps_per_epoch)
+            torch.manual_seed(self.seed + epoch)
+            self._it = iter(self.loader)
+            for _ in range(pos):
+                next(self._it)
+        self._next = step + 1
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = None
+            return self.batch(step)
+
+
+def save_final(trainer: Trainer, folder: Path) -> None:
+    """Hub layout (config.json + model.safetensors) and a single self-describing safetensors file."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ghn = trainer.ghn
+    ghn.save_pretrained(str(folder))
+    state = {k: v.detach().cpu().contiguous() for k, v in ghn.state_dict().items()}
+    meta = {
+        "config": json.dumps(ghn.config),
+        "step": str(trainer.step),
+        "train_config": json.dumps(trainer.config.to_dict()),
+    }
+    save_file(state, str(folder / "ghn.safetensors"), metadata=meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    config = build_config(args)
+    save_dir = Path(args.save_dir)
+
+    if config.dataset == "cifar10":
+        batches = TrainBatches(
+            load_cifar10(args.data_dir, True, download=args.download), config.batch_size, config.seed
+        )
+    else:
+        train_loader, _ = imagenet_loaders(args.data_dir, config.batch_size, args.workers, config.image_size)
+        batches = ImageNetBatches(train_loader, config.seed)
+
+    ghn = None
+    if args.init:
+        from ghninit import load_ghn
+
+        ghn = load_ghn(args.init)
+    trainer = Trainer(config, ghn=ghn, device=device, distributed=distributed, steps_per_epoch=batches.steps_per_epoch)
+    ckpt = save_dir / "checkpoint.pt"
+    cpu_before = 0.0
+    if ckpt.exists() and not args.no_resume:
+        trainer.load(ckpt)
+        cpu_before = torch.load(ckpt, map_location="cpu", weights_only=False).get("cpu_minutes", 0.0)
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {trainer.step} ({cpu_before:.1f} CPU-minutes so far)", flush=True)
+
+    def cpu_minutes() -> float:
+        return cpu_before + time.process_time() / 60
+
+    def checkpoint() -> None:
+        if rank == 0:
+            state = trainer.state_dict()
+            state["cpu_minutes"] = cpu_minutes()
+            save_dir.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_name(ckpt.name + f".tmp{os.getpid()}")
+            torch.save(state, tmp)
+            tmp.replace(ckpt)
+
+    total = min(trainer.total_steps, args.max_steps or trainer.total_steps)
+    log_file = None
+    writer = None
+    if rank == 0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        new = not (save_dir / "log.csv").exists() or trainer.step == 0
+        log_file = open(save_dir / "log.csv", "w" if new else "a", newline="")
+        writer = csv.DictWriter(log_file, CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        print(
+            f"GHN {trainer.ghn.config} with {sum(p.numel() for p in trainer.ghn.parameters()):,} parameters; "
+            f"b_m={config.meta_batch}, batch={config.batch_size}, {batches.steps_per_epoch} steps/epoch, "
+            f"{total} steps, lr steps at epochs {config.lr_steps}, {trainer.world_size} process(es) on {device}",
+            flush=True,
+        )
+
+    start = time.time()
+    last_ckpt = time.time()
+    bar = tqdm(total=total, initial=trainer.step, disable=args.quiet or rank != 0, dynamic_ncols=True, unit="step")
+    stop_reason = "done"
+    try:
+        while trainer.step < total:
+            images, targets = batches.batch(trainer.step)
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            result = trainer.train_step(images, targets)
+            ips = len(targets) * config.meta_batch / result.seconds["total"]
+            if rank == 0:
+                writer.writerow(
+                    {
+                        "step": result.step,
+                        "epoch": f"{result.step / batches.steps_per_epoch:.4f}",
+                        "lr": f"{lr:.3e}",
+                        "loss": f"{result.loss:.5f}",
+                        "top1": f"{result.top1:.2f}",
+                        "skipped": result.reason,
+                        "nodes": result.n_nodes,
+                        "archs": " ".join(map(str, result.arch_indices)),
+                        "graphs_s": f"{result.seconds['graphs']:.3f}",
+                        "ghn_forward_s": f"{result.seconds['ghn_forward']:.3f}",
+                        "nets_forward_backward_s": f"{result.seconds['nets_forward_backward']:.3f}",
+                        "ghn_backward_s": f"{result.seconds['ghn_backward']:.3f}",
+                        "optimizer_s": f"{result.seconds['optimizer']:.3f}",
+                        "step_s": f"{result.seconds['total']:.3f}",
+                        "images_per_s": f"{ips:.1f}",
+                        "wall_s": f"{time.time() - start:.1f}",
+                        "cpu_minutes": f"{cpu_minutes():.2f}",
+                    }
+                )
+                log_file.flush()
+                if result.skipped:
+                    tqdm.write(f"step {result.step}: skipped the meta-batch ({result.reason})")
+            bar.set_postfix(loss=f"{result.loss:.3f}", top1=f"{result.top1:.1f}", img_s=f"{ips:.0f}")
+            bar.update(1)
+            now = time.time()
+            if now - last_ckpt > 60 * args.checkpoint_minutes:
+                checkpoint()
+                last_ckpt = now
+            if args.max_minutes is not None and now - start > 60 * args.max_minutes:
+                stop_reason = f"--max-minutes {args.max_minutes} reached"
+                break
+            if args.max_cpu_minutes is not None and cpu_minutes() >= args.max_cpu_minutes:
+                stop_reason = f"--max-cpu-minutes {args.max_cpu_minutes} reached"
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    finally:
+        bar.close()
+        checkpoint()
+        if rank == 0:
+            save_final(trainer, save_dir / "final")
+            log_file.close()
+            print(
+                f"{stop_reason}: step {trainer.step}/{total}, {cpu_minutes():.1f} CPU-minutes in total; "
+                f"checkpoint {ckpt}, model {save_dir / 'final'}",
+                flush=True,
+            )
+        if distributed:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

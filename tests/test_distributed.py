@@ -1,0 +1,63 @@
+"""Data-parallel GHN training: 2 CPU processes (gloo, DistributedDataParallel) match one process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ghninit.data import ImageTensors, TrainBatches
+from ghninit.train import TrainConfig, Trainer
+
+# Adam's eps is raised so that parameters with near-zero gradients do not turn float rounding
+# noise into lr-sized updates (with eps=1e-8, g / sqrt(v) is +-1 for any tiny g): the comparison
+# with one process is then well conditioned. Everything else is the default training path.
+CONFIG = TrainConfig(meta_batch=2, batch_size=8, max_nodes=250, lr_steps=(1000,), epochs=1, seed=5, adam_eps=1e-3)
+STEPS = 2
+
+
+def _data() -> TrainBatches:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return TrainBatches(ImageTensors(images, torch.arange(32) % 10), CONFIG.batch_size, seed=1)
+
+
+def _train(trainer: Trainer) -> list[float]:
+    data = _data()
+    return [trainer.train_step(*data.batch(trainer.step)).loss for _ in range(STEPS)]
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        trainer = Trainer(CONFIG, distributed=True)
+        assert trainer.world_size == world and trainer.rank == rank
+        losses = _train(trainer)
+        torch.save({"ghn": trainer.ghn.state_dict(), "losses": losses}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_two_processes_match_one(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # Both processes end with identical weights (same averaged gradients, same optimiser steps).
+    for name, value in ranks[0]["ghn"].items():
+        assert torch.equal(value, ranks[1]["ghn"][name]), name
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+
+    single = Trainer(CONFIG)
+    initial = {k: v.clone() for k, v in single.ghn.state_dict().items()}
+    losses = _train(single)
+    torch.testing.assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(losses), rtol=1e-5, atol=1e-6)
+    moved = 0
+    for name, value in single.ghn.state_dict().items():
+        # Same global meta-batch: equal up to float summation order.
+        torch.testing.assert_close(ranks[0]["ghn"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int((value != initial[name]).any())
+    assert moved > 10  # the steps did train
