@@ -120,7 +120,8 @@ class ChannelSE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeeze = x.mean((2, 3))  # no keepdim: not a global-pooling node
         excite = self.fc2(F.relu(self.fc1(squeeze)))
-        gate = F.hardsigmoid(excite[:, :, None, None])  # the gate feeds the product directly: a `cse` node
+        # Gate, then reshape, then multiply: the pattern the reference's graph builder keeps as `cse`.
+        gate = F.hardsigmoid(excite).view(excite.shape[0], excite.shape[1], 1, 1)
         out = x * gate
         return out[:, :, :: self.stride, :: self.stride] if self.stride > 1 else out
 
