@@ -47,7 +47,9 @@ class SweepPlan:
         virtual = torch.zeros(n, n)
         real[rank[recv[edges[:, 2] == 1]], rank[send[edges[:, 2] == 1]]] = 1.0
         virtual[rank[recv], rank[send]] = torch.as_tensor(1.0 / edges[:, 2], dtype=torch.float32)
-        self.real, self.virtual = real.to(device), virtual.to(device)
+        self.real = real.to(device)
+        # [real | virtual]: one product with the stacked (mlp, mlp_ve) messages of all nodes.
+        self.both = torch.cat([real, virtual], 1).to(device)
 
 
 class GatedGNN(nn.Module):
@@ -68,21 +70,22 @@ class GatedGNN(nn.Module):
 
     def _sweep(self, x: torch.Tensor, plan: SweepPlan) -> torch.Tensor:
         x = x[plan.order]
-        hid = x.shape[1]
+        n, hid = x.shape
         message = self._message_fn()
         gru = (self.gru.weight_ih, self.gru.weight_hh, self.gru.bias_ih, self.gru.bias_hh)
-        states, messages = [], []
+        streams = 2 if self.ve else 1
+        adjacency = plan.both if self.ve else plan.real
+        # Messages sent by every node so far, (mlp, mlp_ve) stacked: rows of nodes not yet
+        # updated stay zero and their adjacency columns are zero too. Updated out of place, so
+        # the sweep stays differentiable.
+        sent = x.new_zeros(streams, n, hid)
+        states = []
         for start, end in zip(plan.bounds[:-1], plan.bounds[1:]):
-            if start == 0:
-                m = x.new_zeros(end, hid)
-            else:
-                sent = torch.cat(messages) if len(messages) > 1 else messages[0]
-                m = plan.real[start:end, :start] @ sent[:, :hid]
-                if self.ve:
-                    m = torch.addmm(m, plan.virtual[start:end, :start], sent[:, hid:])
+            m = adjacency[start:end] @ sent.view(streams * n, hid)
             h = torch.gru_cell(m, x[start:end], *gru)
             states.append(h)
-            messages.append(message(h))
+            out = message(h).view(end - start, streams, hid).transpose(0, 1)
+            sent = torch.slice_scatter(sent, out, dim=1, start=start, end=end)
         return torch.cat(states)[plan.inverse]
 
     def _message_fn(self):
