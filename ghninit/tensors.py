@@ -50,9 +50,14 @@ def normalize(w: torch.Tensor, kind: Kind, shape: Sequence[int] | None = None) -
         return 2 * torch.sigmoid(0.5 * w)
     if kind == "bias" or len(shape) == 1:
         return torch.tanh(0.2 * w)
+    return w * weight_scale(shape)
+
+
+def weight_scale(shape: Sequence[int]) -> float:
+    """Fan-in scale ``sqrt(beta / fan_in)`` of a weight of ``shape`` (at least 2-D)."""
     # Depthwise (in = 1) or wide-not-tall kernels are not followed by ReLU: beta = 1.
     beta = 1.0 if len(shape) > 2 and (shape[1] == 1 or shape[2] < shape[3]) else 2.0
-    return w * math.sqrt(beta / math.prod(shape[1:]))
+    return math.sqrt(beta / math.prod(shape[1:]))
 
 
 def tiles_into(block_shape: Sequence[int], shape: Sequence[int]) -> bool:

@@ -17,7 +17,7 @@ from huggingface_hub import PyTorchModelHubMixin
 
 from ..graph import Graph, build_graph
 from ..primitives import NORM_PRIMITIVES, PRIMITIVES
-from ..tensors import crop, normalize, tile
+from ..tensors import crop, tile, weight_scale
 from .decoder import ConvDecoder
 from .gnn import MLP, GatedGNN, SweepPlan
 from .shape_encoder import ShapeEncoder
@@ -132,9 +132,12 @@ class GHN2(
         states = self.node_states(graph, predict_classifier)
         out: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
         for key, indices in self._groups(graph, predict_classifier).items():
+            nodes = [graph.nodes[i] for i in indices]
             decoded = self._decode(key, states[indices])
-            for j, i in enumerate(indices):
-                self._emit(graph.nodes[i], decoded[j], key, out)
+            if self.weight_norm:
+                decoded = self._normalize_group(key, decoded, nodes)
+            for node, w in zip(nodes, decoded):
+                self._emit(node, w, key, out)
         return out
 
     @torch.no_grad()
@@ -196,18 +199,23 @@ class GHN2(
         w = self.decoder_1d(x).view(len(x), 2, -1)
         return self.bias_class(w) if key == "cls_b" else w
 
-    def _emit(self, node, w: torch.Tensor, key: object, out: dict) -> None:
-        def finish(tensor: torch.Tensor, kind: str) -> tuple[torch.Tensor, tuple[int, ...]]:
-            block = crop(tensor, node.shape)
-            return (normalize(block, kind, node.shape) if self.weight_norm else block), node.shape
+    @staticmethod
+    def _normalize_group(key: object, decoded: torch.Tensor, nodes: list) -> torch.Tensor:
+        """Normalise a group's decoded tensors at once (element-wise, so before cropping and tiling)."""
+        if key in ("1d", "cls_b"):  # row 0: norm weights, row 1: biases
+            return torch.stack([2 * torch.sigmoid(0.5 * decoded[:, 0]), torch.tanh(0.2 * decoded[:, 1])], 1)
+        scales = [1.0 if node.primitive == "pos_enc" else weight_scale(node.shape) for node in nodes]
+        scales = torch.tensor(scales, dtype=decoded.dtype, device=decoded.device)
+        return decoded * scales.view(-1, *[1] * (decoded.dim() - 1))
 
+    def _emit(self, node, w: torch.Tensor, key: object, out: dict) -> None:
         if node.primitive in NORM_PRIMITIVES:
-            out[node.param] = finish(w[0], "norm")
+            out[node.param] = crop(w[0], node.shape), node.shape
             if node.bias is not None:
-                out[node.bias] = finish(w[1], "bias")
+                out[node.bias] = crop(w[1], node.shape), node.shape
         elif key in ("1d", "cls_b"):
-            out[node.param] = finish(w[1], "bias")
+            out[node.param] = crop(w[1], node.shape), node.shape
         else:
             if key == "cls_w" and len(node.shape) == 4:  # a 1x1-conv classifier: (classes, 64) -> (classes, 64, 1, 1)
                 w = w[:, :, None, None]
-            out[node.param] = finish(w, "pos_enc" if node.primitive == "pos_enc" else "weight")
+            out[node.param] = crop(w, node.shape), node.shape
