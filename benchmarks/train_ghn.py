@@ -40,7 +40,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ghninit.data import TrainBatches, imagenet_loaders, load_cifar10  # noqa: E402
-from ghninit.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+from ghninit.train import PHASES, PRESETS, TrainConfig, Trainer  # noqa: E402
 
 CSV_FIELDS = [
     "step",
@@ -51,12 +51,10 @@ CSV_FIELDS = [
     "skipped",
     "nodes",
     "archs",
-    "graphs_s",
-    "ghn_forward_s",
-    "nets_forward_backward_s",
-    "ghn_backward_s",
-    "optimizer_s",
+    *[f"{phase}_s" for phase in PHASES],
     "step_s",
+    *[f"{phase}_cpu_s" for phase in PHASES],
+    "step_cpu_s",
     "images_per_s",
     "wall_s",
     "cpu_minutes",
@@ -130,7 +128,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     r.add_argument("--no-channels-last", action="store_true", help="keep NCHW activations in the target networks")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--per-graph-predict",
+        action="store_true",
+        help="predict with GHN2.forward one graph at a time (full 64x64 decoding) instead of the batched, "
+        "channel-restricted path; same results, slower (for speed comparisons)",
+    )
+    r.add_argument(
+        "--speed-table",
+        nargs="+",
+        metavar="LOG_CSV",
+        help="print the per-phase time table (markdown) of these log.csv files and exit",
+    )
     return p.parse_args(argv)
+
+
+def speed_table(paths: list[str], skip: int = 1) -> str:
+    """Markdown table of mean seconds per step and phase (wall and CPU) over the logged steps.
+
+    The first ``skip`` steps of each log (warm-up) are left out.
+    """
+    lines = [
+        "| run | steps | graph building | GHN forward | target fwd+bwd | GHN backward | optimizer | **total s/step** | images/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))[skip:]
+        if not rows:
+            continue
+        config_file = Path(path).with_name("train_config.json")
+        images = 64 * 8
+        if config_file.exists():
+            cfg = json.loads(config_file.read_text())
+            images = cfg["batch_size"] * cfg["meta_batch"]
+        for kind, suffix in (("CPU", "_cpu_s"), ("wall", "_s")):
+            mean = {k: sum(float(r[f"{k}{suffix}"]) for r in rows) / len(rows) for k in [*PHASES, "step"]}
+            ips = images / mean["step"] if mean["step"] else float("nan")
+            cells = " | ".join(f"{mean[k]:.2f}" for k in PHASES)
+            lines.append(f"| {path} ({kind}) | {len(rows)} | {cells} | **{mean['step']:.2f}** | {ips:.0f} |")
+    return "\n".join(lines)
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
@@ -146,6 +183,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         "num_nets": args.num_nets,
         "seed": args.seed,
         "channels_last": not args.no_channels_last,
+        "fast_predict": not args.per_graph_predict,
     }
     if args.hypernet:
         overrides["hypernet"] = args.hypernet
@@ -207,6 +245,9 @@ def save_final(trainer: Trainer, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.speed_table:
+        print(speed_table(args.speed_table))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -293,12 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                         "skipped": result.reason,
                         "nodes": result.n_nodes,
                         "archs": " ".join(map(str, result.arch_indices)),
-                        "graphs_s": f"{result.seconds['graphs']:.3f}",
-                        "ghn_forward_s": f"{result.seconds['ghn_forward']:.3f}",
-                        "nets_forward_backward_s": f"{result.seconds['nets_forward_backward']:.3f}",
-                        "ghn_backward_s": f"{result.seconds['ghn_backward']:.3f}",
-                        "optimizer_s": f"{result.seconds['optimizer']:.3f}",
+                        **{f"{k}_s": f"{result.seconds[k]:.3f}" for k in PHASES},
                         "step_s": f"{result.seconds['total']:.3f}",
+                        **{f"{k}_cpu_s": f"{result.cpu_seconds[k]:.3f}" for k in PHASES},
+                        "step_cpu_s": f"{result.cpu_seconds['total']:.3f}",
                         "images_per_s": f"{ips:.1f}",
                         "wall_s": f"{time.time() - start:.1f}",
                         "cpu_minutes": f"{cpu_minutes():.2f}",

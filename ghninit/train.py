@@ -81,6 +81,7 @@ class TrainConfig:
     max_nodes: int = 2200
     seed: int = 0
     channels_last: bool = True
+    fast_predict: bool = True
 
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> TrainConfig:
@@ -246,12 +247,15 @@ def predict_params(ghn: GHN2, graphs: Sequence[Graph]) -> list[dict[str, torch.T
 class MetaBatchPredictor(nn.Module):
     """The module data-parallel training wraps: graphs in, predicted parameters out."""
 
-    def __init__(self, ghn: GHN2):
+    def __init__(self, ghn: GHN2, fast: bool = True):
         super().__init__()
         self.ghn = ghn
+        self.fast = fast
 
     def forward(self, graphs: Sequence[Graph]) -> list[dict[str, torch.Tensor]]:
-        return predict_params(self.ghn, graphs)
+        if self.fast:
+            return predict_params(self.ghn, graphs)
+        return [self.ghn(g) for g in graphs]  # one graph at a time, all 64x64 channels (for comparison)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,11 +300,26 @@ class StepResult:
     step: int
     loss: float
     skipped: bool
-    seconds: dict[str, float]
+    seconds: dict[str, float]  # wall time per phase
     arch_indices: list[int]
     n_nodes: int
     top1: float = float("nan")
     reason: str = ""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # CPU time of this process per phase
+
+
+PHASES = ("graphs", "ghn_forward", "nets_forward_backward", "ghn_backward", "optimizer")
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _phases(*marks_and_index) -> dict[str, float]:
+    *marks, k = marks_and_index
+    out = {name: marks[i + 1][k] - marks[i][k] for i, name in enumerate(PHASES)}
+    out["total"] = marks[-1][k] - marks[0][k]
+    return out
 
 
 def _seed_for(*keys: int) -> int:
@@ -334,7 +353,7 @@ class Trainer:
         self.world_size = dist.get_world_size() if self.distributed else 1
         if config.meta_batch % self.world_size:
             raise ValueError(f"meta-batch {config.meta_batch} must be a multiple of the {self.world_size} processes")
-        predictor = MetaBatchPredictor(self.ghn)
+        predictor = MetaBatchPredictor(self.ghn, config.fast_predict)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -376,17 +395,17 @@ class Trainer:
         """One optimiser step on this batch of images and the step's architectures."""
         c = self.config
         step = self.step
-        t0 = time.perf_counter()
+        t0 = _clock()
         indices, archs = self.sample_architectures(step)
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if c.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        t1 = time.perf_counter()
+        t1 = _clock()
 
         self.optimizer.zero_grad(set_to_none=True)
         predicted = self.predictor([a.graph for a in archs])
-        t2 = time.perf_counter()
+        t2 = _clock()
 
         share = c.meta_batch // self.world_size
         losses, correct = [], 0
@@ -402,13 +421,13 @@ class Trainer:
         finite = bool(torch.isfinite(loss))
         if finite:
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        t3 = time.perf_counter()
+        t3 = _clock()
         if finite:
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
             torch.autograd.backward(leaves, grads)
         else:  # keep processes in lock-step: contribute zero gradients, the step is skipped below
             torch.autograd.backward(leaves, [torch.zeros_like(t) for t in leaves])
-        t4 = time.perf_counter()
+        t4 = _clock()
 
         flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
         if self.distributed:
@@ -434,19 +453,13 @@ class Trainer:
         if self.distributed:
             dist.all_reduce(stats)
             stats[0] /= self.world_size
-        t5 = time.perf_counter()
+        t5 = _clock()
         return StepResult(
             step=step,
             loss=float(stats[0]),
             skipped=bool(reason),
-            seconds={
-                "graphs": t1 - t0,
-                "ghn_forward": t2 - t1,
-                "nets_forward_backward": t3 - t2,
-                "ghn_backward": t4 - t3,
-                "optimizer": t5 - t4,
-                "total": t5 - t0,
-            },
+            seconds=_phases(t0, t1, t2, t3, t4, t5, 0),
+            cpu_seconds=_phases(t0, t1, t2, t3, t4, t5, 1),
             arch_indices=indices,
             n_nodes=sum(len(a.graph) for a in archs),
             top1=100.0 * float(stats[1] / stats[2]),

@@ -11,7 +11,7 @@ from ghninit import build_graph, deepnets
 from ghninit.deepnets.__main__ import main as deepnets_cli
 from ghninit.deepnets.generator import RULES, imagenet_parameters_bound
 
-SAMPLE = [(split, i) for split in ("train", "test", "deep", "dense", "bnfree") for i in range(3)]
+SAMPLE = [(split, i) for split in ("train", "test", "deep", "dense", "bnfree") for i in range(2)]
 
 
 def test_generator_is_a_pure_function_of_split_and_index():
@@ -55,7 +55,7 @@ def test_unknown_split_and_negative_index():
 
 @pytest.mark.parametrize("split", ["train", "test", "deep", "dense", "bnfree"])
 def test_split_statistics_follow_the_paper(split):
-    specs = list(deepnets.iterate(split, 0, 25 if split in ("train", "test") else 15))
+    specs = list(deepnets.iterate(split, 0, 20 if split in ("train", "test") else 12))
     rules = RULES[split]
     cells = [s.n_cells for s in specs]
     steps = [s.genotype.steps for s in specs]
