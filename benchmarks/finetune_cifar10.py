@@ -73,7 +73,7 @@ QUICK = {"seeds": [0], "epochs": 2, "shots": 10, "holdout": 20, "lrs": [0.03], "
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; options left unset take the full protocol's values or, with --quick, the smoke run's."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] + " (GHN-2 paper, section 5.3).",
+        description=__doc__.split("\n\n")[0],
         epilog=f"Full protocol defaults: {FULL}. --quick changes: {QUICK}.",
     )
     parser.add_argument(
@@ -98,8 +98,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--lrs", nargs="+", type=float, default=None, help="learning-rate grid (default: 0.01 0.03 0.1)"
     )
     parser.add_argument("--wds", nargs="+", type=float, default=None, help="weight-decay grid (default: 1e-4 1e-3)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
     parser.add_argument(
         "--test-limit",
         type=int,

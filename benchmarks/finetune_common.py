@@ -918,7 +918,7 @@ def add_common_args(
     )
     parser.add_argument("--overwrite", action="store_true", help="redo runs already finished in --out-dir")
     parser.add_argument(
-        "--quick", action="store_true", help="a few-minute smoke run (see the defaults it changes above)"
+        "--quick", action="store_true", help="a few-minute smoke run (the defaults it changes are listed at the end)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 

@@ -67,7 +67,7 @@ QUICK = {"seeds": [0], "epochs": 1, "max_size": 256, "train_limit": 20}
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; options left unset take the full protocol's values or, with --quick, the smoke run's."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] + " (GHN-2 paper, section 5.3).",
+        description=__doc__.split("\n\n")[0],
         epilog=f"Full protocol defaults: {FULL} (max_size 0 = torchvision's 800/1333 resizing). --quick changes: {QUICK}.",
     )
     parser.add_argument(
@@ -86,10 +86,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="resize images so their longer side is at most this (default: 0 = torchvision's min 800 / max 1333)",
     )
-    parser.add_argument("--lr", type=float, default=0.005)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (default: %(default)s)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per step (default: %(default)s)")
     parser.add_argument(
         "--lr-step", type=int, default=3, help="multiply the lr by 0.1 every this many epochs (default: 3)"
     )
