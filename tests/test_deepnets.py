@@ -55,7 +55,7 @@ def test_unknown_split_and_negative_index():
 
 @pytest.mark.parametrize("split", ["train", "test", "deep", "dense", "bnfree"])
 def test_split_statistics_follow_the_paper(split):
-    specs = list(deepnets.iterate(split, 0, 20 if split in ("train", "test") else 12))
+    specs = list(deepnets.iterate(split, 0, 25 if split in ("train", "test") else 12))
     rules = RULES[split]
     cells = [s.n_cells for s in specs]
     steps = [s.genotype.steps for s in specs]
