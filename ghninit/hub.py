@@ -246,7 +246,8 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -265,7 +266,7 @@ def _verify_cached(path: Path, expected_sha256: str | None, what: str) -> None:
     expected = {e for e in (expected_sha256, blob.name if _SHA256.match(blob.name) else None) if e}
     if not expected:
         return
-    actual = _sha256(blob)
+    actual = file_sha256(blob)
     if actual not in expected or len(expected) > 1:
         raise GHNLoadError(
             f"{WEIGHTS_NAME} of {what} is corrupt: its sha256 is {actual}, expected {' and '.join(sorted(expected))} "

@@ -12,7 +12,6 @@ directly. OUT_DIR appears only once that check has passed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -115,11 +114,9 @@ Predicted parameters are meant as an initialisation to train or fine-tune from.
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from ghninit.hub import file_sha256
+
+    return file_sha256(path)
 
 
 def build_model(name: str, dataset: str):

@@ -16,7 +16,6 @@ after ``save_pretrained``; calling ``push_to_hub`` here would regenerate the mod
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -24,11 +23,9 @@ FILES = ("config.json", "model.safetensors", "README.md")
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from ghninit.hub import file_sha256
+
+    return file_sha256(path)
 
 
 def check_folder(folder: Path) -> dict[str, dict]:
