@@ -30,11 +30,24 @@ class ConvDecoder(nn.Module):
         rows = torch.arange(hid[0] * out_shape[2] * out_shape[3]).view(hid[0], out_shape[2], out_shape[3])
         self.register_buffer("_fc_rows", rows, persistent=False)
 
-    def forward(self, x: torch.Tensor, kernel: tuple[int, int] = (1, 1), class_pred: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        kernel: tuple[int, int] = (1, 1),
+        class_pred: bool = False,
+        channels: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """Decode ``(N, hid)`` states.
 
-        Returns ``(N, 64, 64, kh', kw')`` with ``kh' = min(kh, S)``, or ``(N, num_classes, 64)``
-        when ``class_pred``.
+        Args:
+            kernel: the target kernel size; the map is cropped to ``min(kernel, S)``.
+            class_pred: decode classifier weights instead.
+            channels: ``(out, in)`` channels needed (at most 64 each); only those rows of the
+                last convolution are computed (e.g. one input channel for a depthwise conv).
+
+        Returns:
+            ``(N, out, in, kh', kw')`` (64 x 64 by default), or ``(N, num_classes, 64)`` when
+            ``class_pred``.
         """
         n = x.shape[0]
         h, w = min(kernel[0], self.out_shape[2]), min(kernel[1], self.out_shape[3])
@@ -43,7 +56,18 @@ class ConvDecoder(nn.Module):
         rows = self._fc_rows[:, :h, :w].reshape(-1)
         fc = self.fc[0]
         y = F.relu(F.linear(x, fc.weight[rows], fc.bias[rows])).view(n, self.hid[0], h, w)
-        y = self.conv(y).view(n, self.out_shape[0], self.out_shape[1], h, w)
+        y = self.conv[1](self.conv[0](y))
+        full_out, full_in = self.out_shape[:2]
+        n_out, n_in = (full_out, full_in) if class_pred or channels is None else channels
+        last = self.conv[2]
+        if (n_out, n_in) == (full_out, full_in):
+            y = last(y)
+        else:
+            keep = (torch.arange(n_out, device=x.device)[:, None] * full_in + torch.arange(n_in, device=x.device)).view(
+                -1
+            )
+            y = F.conv2d(y, last.weight[keep], last.bias[keep])
+        y = y.view(n, n_out, n_in, h, w)
         if class_pred:
             return self.class_layer_predictor(y[:, :, :, :, 0])[:, :, :, 0]
         return y

@@ -182,10 +182,10 @@ class GHN2(
                 key = "cls_w" if i == cls_w else "cls_b"
             elif len(node.shape) == 1:
                 key = "1d"
-            elif len(node.shape) == 2:
-                key = (1, 1)
-            elif len(node.shape) == 4:
-                key = (min(node.shape[2], size[0]), min(node.shape[3], size[1]))
+            elif len(node.shape) in (2, 4):
+                kernel = node.shape[2:] if len(node.shape) == 4 else (1, 1)
+                channels = [min(c, m) for c, m in zip(node.shape[:2], self.max_shape[:2])]
+                key = (min(kernel[0], size[0]), min(kernel[1], size[1]), *channels)
             else:
                 continue
             groups.setdefault(key, []).append(i)
@@ -194,8 +194,8 @@ class GHN2(
     def _decode(self, key: object, x: torch.Tensor) -> torch.Tensor:
         if key == "cls_w":
             return self.decoder(x, class_pred=True)
-        if isinstance(key, tuple):
-            return self.decoder(x, key)
+        if isinstance(key, tuple):  # (kh, kw, out, in)
+            return self.decoder(x, key[:2], channels=key[2:])
         w = self.decoder_1d(x).view(len(x), 2, -1)
         return self.bias_class(w) if key == "cls_b" else w
 
