@@ -182,7 +182,8 @@ def train(
         if epoch in eval_epochs:
             curve["epochs"].append(epoch)
             curve["values"].append(accuracy(model, eval_images, eval_labels))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{curve['values'][-1]:.1f}" if curve["values"] else "-")
+        acc = f"{curve['values'][-1]:.1f}" if curve["values"] else "-"
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=acc, refresh=False)  # drawn at tqdm's own pace
     if diverged:
         value = accuracy(model, eval_images, eval_labels)
         for epoch in eval_epochs:

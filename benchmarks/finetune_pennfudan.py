@@ -197,7 +197,7 @@ def finetune(
             loss.backward()
             optimizer.step()
             total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if diverged:
             break
         losses.append(total / steps_per_epoch)
