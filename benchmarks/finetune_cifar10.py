@@ -53,6 +53,7 @@ from finetune_common import (
     report_summary,
     resolve_ghn,
     run_all,
+    summarise,
     write_report,
 )
 
@@ -302,15 +303,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta = describe_run("finetune_cifar10.py", argv, ghn_info, text, args.seeds, args.data_dir)
     title = "100-shot CIFAR-10 fine-tuning: test accuracy"
 
-    def report(records: list[dict[str, Any]]) -> dict[str, Any]:
-        return write_report(args.out_dir, "finetune_cifar10", title, "test accuracy (%)", records, meta)
+    def report(records: list[dict[str, Any]]) -> None:
+        write_report(args.out_dir, "finetune_cifar10", title, "test accuracy (%)", records, meta)
 
     records = run_all(
         archs, args.init, args.seeds, RunStore(args.out_dir, args.overwrite), protocol, ghn_info, run, report
     )
-    summary = report(records)
     print(Path(args.out_dir, "finetune_cifar10.md").read_text())
-    return summary
+    return summarise(records)
 
 
 if __name__ == "__main__":

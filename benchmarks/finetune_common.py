@@ -767,6 +767,20 @@ def _cell(values: Sequence[float]) -> str:
     return f"{mean:.2f} ± {std:.2f} (n={len(values)})" if len(values) > 1 else f"{mean:.2f} (n=1)"
 
 
+def summarise(runs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{arch: {init: {"mean", "std", "n", "values"}}}`` of the runs' ``final`` values, in run order."""
+    runs = list(runs)
+    summary: dict[str, dict[str, Any]] = {}
+    for arch in dict.fromkeys(r["arch"] for r in runs):
+        summary[arch] = {}
+        for init in INITS:
+            values = [r["final"] for r in runs if r["arch"] == arch and r["init"] == init]
+            if values:
+                mean, std = mean_std(values)
+                summary[arch][init] = {"mean": mean, "std": std, "n": len(values), "values": values}
+    return summary
+
+
 def write_report(
     out_dir: str | os.PathLike,
     stem: str,
@@ -781,21 +795,14 @@ def write_report(
     epoch, in %) and ``curve`` (``{"epochs": [...], "values": [...]}``).
 
     Returns:
-        the summary: ``{arch: {init: {"mean", "std", "n", "values"}}}``.
+        the summary, as :func:`summarise` gives it.
     """
     runs = list(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    archs = list(dict.fromkeys(r["arch"] for r in runs))
+    summary = summarise(runs)
+    archs = list(summary)
     inits = [i for i in INITS if any(r["init"] == i for r in runs)]
-    summary: dict[str, dict[str, Any]] = {}
-    for arch in archs:
-        summary[arch] = {}
-        for init in inits:
-            values = [r["final"] for r in runs if r["arch"] == arch and r["init"] == init]
-            if values:
-                mean, std = mean_std(values)
-                summary[arch][init] = {"mean": mean, "std": std, "n": len(values), "values": values}
     (out / f"{stem}.json").write_text(
         json.dumps({"title": title, "metric": metric, "meta": meta, "summary": summary, "runs": runs}, indent=1)
     )
@@ -866,7 +873,7 @@ def run_all(
 
     ``run(arch, init, seed)`` returns a record with at least ``final`` and ``curve``; it is saved
     with its configuration (:func:`run_config`) as soon as it finishes, and ``on_update`` is
-    called with all records so far (to rewrite the report), so a stopped benchmark keeps every
+    called with all records so far (to write the report), so a stopped benchmark keeps every
     finished seed and a rerun of the same command carries on where it stopped.
     """
     records: list[dict[str, Any]] = []

@@ -56,6 +56,7 @@ from finetune_common import (
     report_summary,
     resolve_ghn,
     run_all,
+    summarise,
     write_report,
 )
 
@@ -272,15 +273,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta = describe_run("finetune_pennfudan.py", argv, ghn_info, text, args.seeds, dataset.root)
     title = "Penn-Fudan pedestrian detection fine-tuning: AP at IoU 0.50"
 
-    def report(records: list[dict[str, Any]]) -> dict[str, Any]:
-        return write_report(args.out_dir, "finetune_pennfudan", title, "AP50 (%)", records, meta)
+    def report(records: list[dict[str, Any]]) -> None:
+        write_report(args.out_dir, "finetune_pennfudan", title, "AP50 (%)", records, meta)
 
     records = run_all(
         archs, args.init, args.seeds, RunStore(args.out_dir, args.overwrite), protocol, ghn_info, run, report
     )
-    summary = report(records)
     print(Path(args.out_dir, "finetune_pennfudan.md").read_text())
-    return summary
+    return summarise(records)
 
 
 if __name__ == "__main__":
