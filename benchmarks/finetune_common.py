@@ -833,7 +833,8 @@ def _plot(path: Path, title: str, metric: str, runs: list[dict[str, Any]], archs
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, max(len(archs), 1), figsize=(4.5 * max(len(archs), 1), 3.6), squeeze=False)
+    panels = max(len(archs), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(max(6.5, 4.5 * panels), 3.8), squeeze=False)
     colours = {"he": "tab:blue", "ghn": "tab:orange"}
     for ax, arch in zip(axes[0], archs):
         for init in inits:
@@ -843,7 +844,8 @@ def _plot(path: Path, title: str, metric: str, runs: list[dict[str, Any]], archs
             epochs = curves[0]["epochs"]
             stacked = torch.tensor([c["values"] for c in curves if c["epochs"] == epochs], dtype=torch.float64)
             mean = stacked.mean(0)
-            ax.plot(epochs, mean.tolist(), marker="o", ms=3, color=colours[init], label=f"{init} (n={len(stacked)})")
+            label = f"{'GHN' if init == 'ghn' else 'He'} init (n={len(stacked)})"
+            ax.plot(epochs, mean.tolist(), marker="o", ms=3, color=colours[init], label=label)
             if len(stacked) > 1:
                 std = stacked.std(0)
                 ax.fill_between(epochs, (mean - std).tolist(), (mean + std).tolist(), color=colours[init], alpha=0.2)
