@@ -8,7 +8,9 @@ uninterrupted run would have seen, with any number of processes.
 
 Layouts accepted for CIFAR-10 (``root``):
 - an ``ImageFolder`` tree ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg`` whose class
-  folders sort into torchvision's label order (airplane ... truck);
+  folders sort into torchvision's label order (airplane ... truck); images are put in one fixed
+  random order, like the original files, so that sequential test batches mix classes (BatchNorm
+  with test-batch statistics, the paper's protocol, needs that);
 - torchvision's own download (``root/cifar-10-batches-py``), fetched with ``download=True``.
 
 ImageNet: ``root/train/<wnid>/*`` and ``root/val/<wnid>/*`` (torchvision ``ImageFolder``), read
@@ -82,7 +84,11 @@ def load_cifar10(root: str | os.PathLike, train: bool, download: bool = False, c
     root = Path(root)
     part = root / ("train" if train else "test")
     if part.is_dir():
-        return _load_image_folder(part, cache)
+        data = _load_image_folder(part, cache)
+        # Folder order is class by class; BatchNorm with test-batch statistics needs mixed batches
+        # (the original CIFAR-10 files are in random order), so use one fixed random order.
+        perm = torch.randperm(len(data), generator=seeded_generator(0, 0))
+        return ImageTensors(data.images[perm], data.labels[perm], data.mean, data.std)
     from torchvision.datasets import CIFAR10
 
     ds = CIFAR10(str(root), train=train, download=download)

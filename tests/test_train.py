@@ -232,3 +232,18 @@ def test_train_script_help_documents_every_option(capsys):
         "torchrun",
     ):
         assert option in text
+
+
+def test_image_folder_cifar_is_in_a_fixed_mixed_order(tmp_path, monkeypatch):
+    """Sequential test batches must mix classes: BatchNorm uses test-batch statistics."""
+    from ghninit.data import load_cifar10
+
+    monkeypatch.setenv("GHNINIT_CACHE", str(tmp_path / "cache"))
+    _image_folder(tmp_path / "data", per_class=3)
+    a = load_cifar10(tmp_path / "data", train=False)
+    b = load_cifar10(tmp_path / "data", train=False)  # from the cache
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images)
+    assert len(set(a.labels[:10].tolist())) >= 4
+    assert sorted(a.labels.tolist()) == sorted(list(range(10)) * 3)
+    sub = a.subset(10)
+    assert sorted(sub.labels.tolist()) == list(range(10))
