@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,33 @@ CSV_FIELDS = [
     "wall_s",
     "cpu_minutes",
 ]
+
+
+def open_log(path: Path, resume_step: int) -> tuple[IO[str], csv.DictWriter]:
+    """Open the CSV log to go on from ``resume_step``, rewriting what it already holds.
+
+    Rows of steps at or after ``resume_step`` are dropped (a resumed run redoes them from its
+    checkpoint), a step logged twice keeps its last row, and rows are written under the current
+    :data:`CSV_FIELDS` even if an older version of this script wrote the file with fewer columns.
+    """
+    kept: dict[int, dict[str, str]] = {}
+    if resume_step > 0 and path.exists():
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            for values in reader:
+                fields = header if len(values) == len(header) else CSV_FIELDS
+                if len(values) != len(fields):
+                    continue  # a row cut short when a run was killed
+                row = dict(zip(fields, values))
+                if int(row["step"]) < resume_step:
+                    kept[int(row["step"])] = row
+    log_file = path.open("w", newline="")
+    writer = csv.DictWriter(log_file, CSV_FIELDS, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(kept[step] for step in sorted(kept))
+    log_file.flush()
+    return log_file, writer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -301,11 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         save_dir.mkdir(parents=True, exist_ok=True)
         (save_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        new = not (save_dir / "log.csv").exists() or trainer.step == 0
-        log_file = open(save_dir / "log.csv", "w" if new else "a", newline="")
-        writer = csv.DictWriter(log_file, CSV_FIELDS)
-        if new:
-            writer.writeheader()
+        log_file, writer = open_log(save_dir / "log.csv", trainer.step)
         print(
             f"GHN {trainer.ghn.config} with {sum(p.numel() for p in trainer.ghn.parameters()):,} parameters; "
             f"b_m={config.meta_batch}, batch={config.batch_size}, {batches.steps_per_epoch} steps/epoch, "
