@@ -29,33 +29,13 @@ import torch.nn as nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # finetune_common, also when imported
+
+from finetune_common import he_init_  # noqa: E402
 
 import ghninit  # noqa: E402
 from ghninit import deepnets  # noqa: E402
 from ghninit.data import ImageTensors, TrainBatches, load_cifar10  # noqa: E402
-
-PACKAGED = Path(ghninit.__file__).resolve().parent / "weights"
-
-
-def load(source: str) -> ghninit.GHN2:
-    """``ghninit.load_ghn``, also accepting the name of a GHN shipped in the package (``cifar10-mini``)."""
-    packaged = PACKAGED / f"{source}.safetensors"
-    if "/" not in source and packaged.exists():
-        return ghninit.load_ghn(packaged)
-    return ghninit.load_ghn(source)
-
-
-def he_init(model: nn.Module) -> nn.Module:
-    """He (Kaiming) normal initialisation (fan-in, ReLU gain) of conv/linear weights; zero biases; unit norms."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm)) and m.weight is not None:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    return model
 
 
 def _set_bn_mode(model: nn.Module, batch_stats: bool) -> None:
@@ -144,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     test = load_cifar10(args.data_dir, False).subset(args.images)
     train = load_cifar10(args.data_dir, True) if args.bn == "calibrate" else None
-    ghn = load(args.ghn) if args.init == "ghn" else None
+    ghn = ghninit.load_ghn(args.ghn) if args.init == "ghn" else None
     calibrate = args.bn == "calibrate"
 
     def evaluate(model: nn.Module, key: str) -> dict:
@@ -153,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             ghninit.initialize(model, ghn=ghn)
         else:
             torch.manual_seed(args.seed)
-            he_init(model)
+            he_init_(model)
         if calibrate:
             calibrate_bn(model, train, args.calibrate_batches, args.batch_size, args.seed)
         acc = accuracy(model, test, args.batch_size, batch_stats=not calibrate)

@@ -17,7 +17,6 @@ holds what both benchmarks share:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -42,7 +41,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import ghninit
 from ghninit.adapt import adapt_to_cifar
-from ghninit.hub import KNOWN_GHNS, download_ghn
+from ghninit.hub import KNOWN_GHNS, SHIPPED_GHNS, download_ghn, file_sha256, shipped_path
 from ghninit.primitives import function_rule, module_rule
 from ghninit.trace import trace
 
@@ -57,22 +56,13 @@ PENNFUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 # GHN and initialisation
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
     """Load the GHN named by ``--ghn`` and say exactly which weights it is.
 
-    Looked up as :func:`ghninit.load_ghn` does (a known name such as ``imagenet`` wins over a
-    folder of that name), with one addition: a bare name that is neither known nor an existing
-    path may be weights shipped with ghninit (``ghninit/weights/<name>.safetensors`` or
-    ``ghninit/weights/<name>/``). Known names and Hub repo ids are fetched with
-    :func:`ghninit.hub.download_ghn` (huggingface_hub's cache), so their weights are hashed too.
+    Looked up as :func:`ghninit.load_ghn` does (a shipped name such as ``cifar10-mini`` or a
+    known name such as ``imagenet`` wins over a folder of that name). Known names and Hub repo ids
+    are fetched with :func:`ghninit.hub.download_ghn` (huggingface_hub's cache), so that the
+    weights file itself can be hashed.
 
     Returns:
         the GHN (eval mode) and a JSON-able description: ``source`` (what was asked for),
@@ -83,21 +73,21 @@ def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
         ghninit.GHNLoadError: when nothing could be loaded; the message lists what was tried.
     """
     name = str(name_or_path)
-    shipped = Path(ghninit.__file__).resolve().parent / "weights"
-    local = [Path(name).expanduser(), shipped / f"{name}.safetensors", shipped / name]
-    found = None if name in KNOWN_GHNS else next((p for p in local if p.exists()), None)
     try:
-        if found is None:
+        if name in SHIPPED_GHNS:
+            found = shipped_path(name)
+        elif name in KNOWN_GHNS or not Path(name).expanduser().exists():
             found = download_ghn(name)
-        ghn = ghninit.load_ghn(found)
+        else:
+            found = Path(name).expanduser()
+        ghn = ghninit.load_ghn(name if name in SHIPPED_GHNS else found)
     except ghninit.GHNLoadError as err:
-        tried = "" if name in KNOWN_GHNS else f"not found as {', '.join(str(p) for p in local)}, and: "
-        raise ghninit.GHNLoadError(f"--ghn {name}: {tried}{err}") from err
+        raise ghninit.GHNLoadError(f"--ghn {name}: {err}") from err
     weights = found if found.is_file() else found / "model.safetensors"
     return ghn, {
         "source": name,
         "resolved": str(found.resolve()),
-        "sha256": _sha256(weights) if weights.is_file() else None,
+        "sha256": file_sha256(weights) if weights.is_file() else None,
         "num_classes": ghn.num_classes,
         "max_shape": list(ghn.max_shape),
     }

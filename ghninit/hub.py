@@ -1,6 +1,7 @@
-"""Loading a GHN from a known name, a Hugging Face Hub repo, a local folder or a file.
+"""Loading a GHN from a shipped or known name, a Hugging Face Hub repo, a local folder or a file.
 
-Known names map to a Hub repo and a pinned revision in :data:`KNOWN_GHNS`. A Hub repo in our
+Shipped names (:data:`SHIPPED_GHNS`, e.g. ``cifar10-mini``) are GHNs trained with this project and
+installed with the package (``ghninit/weights/``): they load with no network. Known names map to a Hub repo and a pinned revision in :data:`KNOWN_GHNS`. A Hub repo in our
 layout holds ``config.json``, ``model.safetensors`` and a model card ``README.md``: what
 ``PyTorchModelHubMixin.save_pretrained`` writes. Downloads and the cache are huggingface_hub's own,
 so ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN`` behave as it
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import io
 import json
 import os
@@ -88,6 +90,45 @@ KNOWN_GHNS: dict[str, HubWeights] = {
 }
 
 
+# GHNs shipped as package data: ``weights/<name>.safetensors`` (config in its metadata) and
+# ``weights/<name>.json`` (its sha256 and how it was trained and evaluated).
+SHIPPED_GHNS: tuple[str, ...] = ("cifar10-mini",)
+
+
+def shipped_path(name: str) -> Path:
+    """Path of a shipped GHN's ``.safetensors`` file inside the installed package."""
+    return Path(str(importlib.resources.files("ghninit") / "weights" / f"{name}.safetensors"))
+
+
+def shipped_card(name: str) -> dict:
+    """The provenance card of a shipped GHN (``weights/<name>.json``): sha256, training, evaluation."""
+    path = shipped_path(name).with_suffix(".json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GHNLoadError(
+            f"shipped GHN '{name}': its card {path} is missing or unreadable ({err}); the installation is "
+            "incomplete. Fix: reinstall ghninit (pip install --force-reinstall ghninit)."
+        ) from err
+
+
+def _load_shipped(name: str) -> GHN2:
+    path = shipped_path(name)
+    expected = shipped_card(name).get("sha256")
+    if not path.is_file():
+        raise GHNLoadError(
+            f"shipped GHN '{name}': {path} is missing; the installation is incomplete. "
+            "Fix: reinstall ghninit (pip install --force-reinstall ghninit)."
+        )
+    actual = file_sha256(path)
+    if actual != expected:
+        raise GHNLoadError(
+            f"shipped GHN '{name}': {path} is corrupt (sha256 {actual}, expected {expected}). Nothing was loaded. "
+            "Fix: reinstall ghninit (pip install --force-reinstall ghninit)."
+        )
+    return _load_safetensors_file(path)
+
+
 def resolve_known(name: str, revision: str | None = None) -> tuple[str, str, str | None]:
     """``(repo_id, revision, expected_sha256)`` of a known GHN, after environment overrides.
 
@@ -115,12 +156,13 @@ def load_ghn(
     """Load a GHN-2.
 
     Args:
-        source: a known name (``"imagenet"``, ``"cifar10"``; see :data:`KNOWN_GHNS`), a Hub repo
+        source: a shipped name (``"cifar10-mini"``, no network; see :data:`SHIPPED_GHNS`), a known
+            name (``"imagenet"``, ``"cifar10"``; see :data:`KNOWN_GHNS`), a Hub repo
             id (``"org/repo"``) in our layout, a local folder in that layout (``config.json`` +
             ``model.safetensors``), a ``.safetensors`` file (config in its metadata key
             ``config`` or in a ``config.json`` beside it), or an official reference ``.pt``
-            checkpoint. A known name wins over a folder of the same name: write ``./imagenet``
-            for the folder.
+            checkpoint. A shipped or known name wins over a folder of the same name: write
+            ``./imagenet`` for the folder.
         revision: Hub branch, tag or commit (known names default to their pinned revision).
         device: where to put the GHN.
         cache_dir: Hub cache folder (default: huggingface_hub's, under ``HF_HOME``).
@@ -135,7 +177,11 @@ def load_ghn(
             error, never a silent fallback to other weights.
     """
     name = str(source)
-    if name in KNOWN_GHNS or not Path(source).exists():
+    if name in SHIPPED_GHNS:
+        if revision is not None:
+            raise GHNLoadError(f"'{name}' is shipped with ghninit: revision={revision!r} only applies to Hub repos")
+        ghn = _load_shipped(name)
+    elif name in KNOWN_GHNS or not Path(source).exists():
         folder = download_ghn(source, revision, cache_dir=cache_dir, force_download=force_download, token=token)
         ghn = _load_folder(folder)
     else:
@@ -164,13 +210,18 @@ def download_ghn(
         revision, cache_dir, force_download, token: as in :func:`load_ghn`.
     """
     name = str(source)
+    if name in SHIPPED_GHNS:
+        raise GHNLoadError(
+            f"'{name}' is shipped with ghninit ({shipped_path(name)}): load_ghn('{name}') needs no download"
+        )
     if name in KNOWN_GHNS:
         repo_id, revision, expected_sha256 = resolve_known(name, revision)
     elif _REPO_ID.match(name) and not name.startswith("."):
         repo_id, revision, expected_sha256 = name, revision or "main", None
     else:
         raise GHNLoadError(
-            f"'{source}' is neither a known GHN ({', '.join(KNOWN_GHNS)}), nor an existing local file or "
+            f"'{source}' is neither a shipped GHN ({', '.join(SHIPPED_GHNS)}), nor a known GHN "
+            f"({', '.join(KNOWN_GHNS)}), nor an existing local file or "
             "folder, nor a Hub repo id of the form 'org/name'."
         )
     tried = (

@@ -28,7 +28,8 @@ def initialize(
 
     Args:
         model: any ``nn.Module`` torch.fx can trace (see ``leaf_modules``).
-        dataset: name of a published GHN (``"imagenet"``, ``"cifar10"``), used when ``ghn`` is None.
+        dataset: name of a GHN, used when ``ghn`` is None: ``"cifar10-mini"`` (shipped, no
+            network) or a published one (``"imagenet"``, ``"cifar10"``, from the Hugging Face Hub).
         ghn: a loaded :class:`GHN2`, or anything :func:`ghninit.load_ghn` accepts.
         keep_classifier: ``None`` (default) predicts the classifier only when its output size
             equals the GHN's number of classes; ``True`` always keeps the model's own classifier;
@@ -91,7 +92,8 @@ def _resolve_ghn(ghn: GHN2 | str | os.PathLike | None, dataset: str | None) -> t
         return ghn, "GHN2 instance"
     if ghn is None and dataset is None:
         raise ValueError(
-            "initialize() needs a GHN: pass dataset='imagenet' or 'cifar10', or ghn=<GHN2 | path | repo id>"
+            "initialize() needs a GHN: pass dataset='cifar10-mini' (shipped), 'imagenet' or 'cifar10' "
+            "(downloaded), or ghn=<GHN2 | path | repo id>"
         )
     source = ghn if ghn is not None else dataset
     return load_ghn(source), str(source)
