@@ -170,7 +170,7 @@ def load_ghn(
         token: Hub token for private repos (default: huggingface_hub's, e.g. ``HF_TOKEN``).
 
     Returns:
-        the GHN in eval mode.
+        the GHN in eval mode, with ``source`` set to ``str(source)``.
 
     Raises:
         GHNLoadError: with what was tried and how to fix it. A corrupt or truncated file is an
@@ -189,6 +189,7 @@ def load_ghn(
         if revision is not None:
             raise GHNLoadError(f"{path} is a local path: revision={revision!r} only applies to Hub repos")
         ghn = _load_folder(path) if path.is_dir() else _load_file(path)
+    ghn.source = name  # what reports name it by
     return ghn.to(device).eval()
 
 

@@ -89,7 +89,7 @@ def initialize(
 
 def _resolve_ghn(ghn: GHN2 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2, str]:
     if isinstance(ghn, GHN2):
-        return ghn, "GHN2 instance"
+        return ghn, getattr(ghn, "source", "GHN2 instance")
     if ghn is None and dataset is None:
         raise ValueError(
             "initialize() needs a GHN: pass dataset='cifar10-mini' (shipped), 'imagenet' or 'cifar10' "
