@@ -221,9 +221,10 @@ def test_resumed_log_drops_redone_steps_and_upgrades_an_old_header(tmp_path):
     train_ghn = _load_script("train_ghn")
     fields = train_ghn.CSV_FIELDS
     old = ["step", "loss", "cpu_minutes"]  # an older, shorter header
-    new_row = lambda step, cpu: ",".join(
-        str(step) if f == "step" else str(cpu) if f == "cpu_minutes" else "" for f in fields
-    )  # noqa: E731
+
+    def new_row(step: int, cpu: float) -> str:
+        return ",".join(str(step) if f == "step" else str(cpu) if f == "cpu_minutes" else "" for f in fields)
+
     lines = [",".join(old), "0,2.3,1.0", "1,2.2,2.0", "2,2.1,3.0", new_row(1, 2.5), new_row(3, 4.0), "4,2.0"]
     (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
     log_file, writer = train_ghn.open_log(tmp_path / "log.csv", resume_step=3)
