@@ -30,7 +30,6 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,12 +37,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from finetune_common import (
     CIFAR_ARCHS,
-    RunStore,
     add_common_args,
     augment,
     available_archs,
     build_classifier,
-    describe_run,
     few_shot_split,
     fill_defaults,
     initialise,
@@ -52,9 +49,7 @@ from finetune_common import (
     progress,
     report_summary,
     resolve_ghn,
-    run_all,
-    summarise,
-    write_report,
+    run_benchmark,
 )
 
 FULL = {
@@ -300,17 +295,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"batch {args.batch_size}, cosine schedule, crop+flip; test on {len(test_index)} images "
         f"(every {args.eval_every} epochs); 32x32 inputs"
     )
-    meta = describe_run("finetune_cifar10.py", argv, ghn_info, text, args.seeds, args.data_dir)
     title = "100-shot CIFAR-10 fine-tuning: test accuracy"
-
-    def report(records: list[dict[str, Any]]) -> None:
-        write_report(args.out_dir, "finetune_cifar10", title, "test accuracy (%)", records, meta)
-
-    records = run_all(
-        archs, args.init, args.seeds, RunStore(args.out_dir, args.overwrite), protocol, ghn_info, run, report
+    return run_benchmark(
+        "finetune_cifar10", title, "test accuracy (%)", text, args, argv, ghn_info, args.data_dir, archs, protocol, run
     )
-    print(Path(args.out_dir, "finetune_cifar10.md").read_text())
-    return summarise(records)
 
 
 if __name__ == "__main__":

@@ -951,6 +951,38 @@ def run_config(protocol: dict[str, Any], init: str, ghn_info: dict[str, Any] | N
     return {**protocol, "ghn": ghn_info["sha256"] or ghn_info["resolved"]}
 
 
+def run_benchmark(
+    stem: str,
+    title: str,
+    metric: str,
+    description: str,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    ghn_info: dict[str, Any] | None,
+    data: str | os.PathLike,
+    archs: Sequence[str],
+    protocol: dict[str, Any],
+    run: Callable[[str, str, int], dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Run (or read back) every seed of a fine-tuning benchmark, keeping its report up to date.
+
+    ``stem`` names the script (``benchmarks/<stem>.py``) and its outputs in ``args.out_dir``;
+    ``description`` is the protocol line under the table. Prints the markdown table at the end.
+
+    Returns:
+        the summary, as :func:`summarise` gives it.
+    """
+    meta = describe_run(f"{stem}.py", argv, ghn_info, description, args.seeds, data)
+
+    def report(records: list[dict[str, Any]]) -> None:
+        write_report(args.out_dir, stem, title, metric, records, meta)
+
+    store = RunStore(args.out_dir, args.overwrite)
+    records = run_all(archs, args.init, args.seeds, store, protocol, ghn_info, run, report)
+    print(Path(args.out_dir, f"{stem}.md").read_text())
+    return summarise(records)
+
+
 def describe_run(
     script: str,
     argv: Sequence[str] | None,

@@ -32,7 +32,6 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,13 +39,11 @@ import torch.nn as nn
 from finetune_common import (
     DETECTION_ARCHS,
     PennFudan,
-    RunStore,
     add_common_args,
     available_archs,
     build_classifier,
     build_detection_backbone,
     build_detector,
-    describe_run,
     fill_defaults,
     find_pennfudan,
     hflip,
@@ -55,9 +52,7 @@ from finetune_common import (
     progress,
     report_summary,
     resolve_ghn,
-    run_all,
-    summarise,
-    write_report,
+    run_benchmark,
 )
 
 PAPER_ARCHS = ("resnet50", "vit", "darts")
@@ -270,17 +265,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr} (warm-up, x0.1 every {args.lr_step} epochs), "
         f"momentum {args.momentum}, weight decay {args.weight_decay}, flips, {size}, {args.rois_per_image} RoIs/image"
     )
-    meta = describe_run("finetune_pennfudan.py", argv, ghn_info, text, args.seeds, dataset.root)
     title = "Penn-Fudan pedestrian detection fine-tuning: AP at IoU 0.50"
-
-    def report(records: list[dict[str, Any]]) -> None:
-        write_report(args.out_dir, "finetune_pennfudan", title, "AP50 (%)", records, meta)
-
-    records = run_all(
-        archs, args.init, args.seeds, RunStore(args.out_dir, args.overwrite), protocol, ghn_info, run, report
+    return run_benchmark(
+        "finetune_pennfudan", title, "AP50 (%)", text, args, argv, ghn_info, dataset.root, archs, protocol, run
     )
-    print(Path(args.out_dir, "finetune_pennfudan.md").read_text())
-    return summarise(records)
 
 
 if __name__ == "__main__":
