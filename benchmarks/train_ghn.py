@@ -343,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     stop_reason = "done"
     try:
         while trainer.step < total:
+            if args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
+                stop_reason = f"--max-minutes {args.max_minutes} reached"
+                break
+            if args.max_cpu_minutes is not None and cpu_minutes() >= args.max_cpu_minutes:
+                stop_reason = f"--max-cpu-minutes {args.max_cpu_minutes} reached"  # also when resumed past it
+                break
             images, targets = batches.batch(trainer.step)
             lr = trainer.optimizer.param_groups[0]["lr"]
             result = trainer.train_step(images, targets)
@@ -376,12 +382,6 @@ def main(argv: list[str] | None = None) -> int:
             if now - last_ckpt > 60 * args.checkpoint_minutes:
                 checkpoint()
                 last_ckpt = now
-            if args.max_minutes is not None and now - start > 60 * args.max_minutes:
-                stop_reason = f"--max-minutes {args.max_minutes} reached"
-                break
-            if args.max_cpu_minutes is not None and cpu_minutes() >= args.max_cpu_minutes:
-                stop_reason = f"--max-cpu-minutes {args.max_cpu_minutes} reached"
-                break
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     finally:

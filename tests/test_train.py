@@ -179,6 +179,8 @@ def test_train_and_eval_scripts_end_to_end(tmp_path, monkeypatch, capsys):
     assert train_ghn.main([*args, "--max-steps", "2"]) == 0  # resumes at step 1
     out = capsys.readouterr().out
     assert "resumed from" in out and "step 2/2" in out
+    assert train_ghn.main([*args, "--max-steps", "3", "--max-cpu-minutes", "0"]) == 0  # budget spent: no step
+    assert "--max-cpu-minutes 0.0 reached: step 2/3" in capsys.readouterr().out
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,lr,loss") and [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
     final = tmp_path / "run" / "final"
