@@ -89,6 +89,23 @@ def open_log(path: Path, resume_step: int) -> tuple[IO[str], csv.DictWriter]:
     return log_file, writer
 
 
+def budget_spent(args: argparse.Namespace, wall_seconds: float, cpu_minutes: float) -> str | None:
+    """Why this run must stop now (``--max-minutes`` or ``--max-cpu-minutes`` reached), or None."""
+    if args.max_minutes is not None and wall_seconds > 60 * args.max_minutes:
+        return f"--max-minutes {args.max_minutes} reached"
+    if args.max_cpu_minutes is not None and cpu_minutes >= args.max_cpu_minutes:
+        return f"--max-cpu-minutes {args.max_cpu_minutes} reached"
+    return None
+
+
+def agree_to_stop(reason: str | None, device: torch.device) -> str | None:
+    """Stop every process when any must: clocks differ between ranks, and a rank stopping alone would
+    leave the others waiting in their next gradient all-reduce."""
+    flag = torch.tensor([0 if reason is None else 1], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return reason or ("a budget was reached on another process" if flag.item() else None)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -343,11 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     stop_reason = "done"
     try:
         while trainer.step < total:
-            if args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
-                stop_reason = f"--max-minutes {args.max_minutes} reached"
-                break
-            if args.max_cpu_minutes is not None and cpu_minutes() >= args.max_cpu_minutes:
-                stop_reason = f"--max-cpu-minutes {args.max_cpu_minutes} reached"  # also when resumed past it
+            reason = budget_spent(args, time.time() - start, cpu_minutes())  # also when resumed past it
+            reason = agree_to_stop(reason, trainer.device) if distributed else reason
+            if reason:
+                stop_reason = reason
                 break
             images, targets = batches.batch(trainer.step)
             lr = trainer.optimizer.param_groups[0]["lr"]
