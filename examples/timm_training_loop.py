@@ -3,7 +3,9 @@
 Trains a timm model for a few steps on an ImageFolder (e.g. ../shared/data/cifar10-jpeg/train)
 or, without --data-dir, on torchvision's FakeData, so it runs anywhere in under a minute.
 
-    python examples/timm_training_loop.py --ghn imagenet --model resnet18 --data-dir /data/cifar10/train
+    python examples/timm_training_loop.py                          # shipped cifar10-mini GHN, no network
+    python examples/timm_training_loop.py --data-dir ../shared/data/cifar10-jpeg/train
+    python examples/timm_training_loop.py --ghn imagenet --model resnet50 --image-size 224 --num-classes 1000
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def make_loader(data_dir: Path | None, image_size: int, batch_size: int, num_cla
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ghn", default="imagenet", help="GHN name, Hub repo id, folder or .safetensors file")
+    parser.add_argument(
+        "--ghn", default="cifar10-mini", help="GHN: shipped or known name, Hub repo id, folder or .safetensors file"
+    )
     parser.add_argument("--model", default="resnet18", help="timm model name")
     parser.add_argument("--data-dir", type=Path, default=None, help="ImageFolder root (default: FakeData)")
     parser.add_argument("--num-classes", type=int, default=10)
