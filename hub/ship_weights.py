@@ -46,6 +46,8 @@ def eval_summary(path: Path) -> dict:
     data = json.loads(path.read_text())
     args = data["args"]
     keep = ("init", "ghn", "split", "num_nets", "models", "images", "batch_size", "bn")
+    if args.get("init") == "he":
+        keep = tuple(k for k in keep if k != "ghn")  # the --ghn default, unused by a He run
     return {
         "settings": {k: args[k] for k in keep if k in args},
         "top1": {
