@@ -353,3 +353,16 @@ def test_learning_rate_schedule_matches_the_tutorial():
     assert lr(0.005, 0, 59, 60, 3) == pytest.approx(0.005)
     assert lr(0.005, 2, 0, 60, 3) == pytest.approx(0.005)
     assert lr(0.005, 3, 0, 60, 3) == pytest.approx(0.0005)
+
+
+def test_init_diagnostics_measure_one_batch():
+    import init_diagnostics
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    images, labels = torch.randn(16, 3, 8, 8), torch.arange(16) % 10
+    model(images)  # materialise the lazy layer
+    stats = init_diagnostics.diagnose(model, images, labels)
+    assert set(stats["blocks"]) == {"0", "1", "2", "3"} and stats["blocks"]["3"] == pytest.approx(stats["logit_std"])
+    assert set(stats["grads"]) == {"0.weight", "0.bias", "3.weight", "3.bias"} and stats["grad_total"] > 0
+    assert stats["loss"] == pytest.approx(torch.nn.functional.cross_entropy(model(images), labels).item())
