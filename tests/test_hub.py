@@ -123,7 +123,7 @@ def test_local_sources(converted, tmp_path):
 
     with pytest.raises(GHNLoadError, match="local path"):
         load_ghn(conv.folder, revision="main")
-    with pytest.raises(GHNLoadError, match="neither a known GHN"):
+    with pytest.raises(GHNLoadError, match="neither a shipped GHN .*, nor a known GHN"):
         load_ghn(tmp_path / "does-not-exist.safetensors")
 
 
