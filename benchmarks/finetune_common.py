@@ -75,12 +75,11 @@ def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
     name = str(name_or_path)
     try:
         if name in SHIPPED_GHNS:
-            found = shipped_path(name)
-        elif name in KNOWN_GHNS or not Path(name).expanduser().exists():
-            found = download_ghn(name)
+            found, ghn = shipped_path(name), ghninit.load_ghn(name)  # by name: its sha256 is checked
         else:
-            found = Path(name).expanduser()
-        ghn = ghninit.load_ghn(name if name in SHIPPED_GHNS else found)
+            local = Path(name).expanduser()
+            found = download_ghn(name) if name in KNOWN_GHNS or not local.exists() else local
+            ghn = ghninit.load_ghn(found)
     except ghninit.GHNLoadError as err:
         raise ghninit.GHNLoadError(f"--ghn {name}: {err}") from err
     weights = found if found.is_file() else found / "model.safetensors"

@@ -19,6 +19,7 @@ import torchvision
 
 import ghninit
 from ghninit.adapt import adapt_to_cifar
+from ghninit.data import ImageTensors, load_cifar10
 
 
 def build(name: str, num_classes: int, cifar: bool) -> torch.nn.Module:
@@ -28,15 +29,12 @@ def build(name: str, num_classes: int, cifar: bool) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def top1(model: torch.nn.Module, data_dir: str, images: int = 1000) -> float:
-    """Top-1 (%) on the first ``images`` CIFAR-10 test images, BatchNorm on each batch's statistics."""
-    from ghninit.data import load_cifar10
-
+def top1(model: torch.nn.Module, test: ImageTensors) -> float:
+    """Top-1 (%) on ``test``, BatchNorm on each batch's statistics."""
     model.eval()
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.train()  # no trained running statistics exist yet: use the batch's, as GHN-2's paper does
-    test = load_cifar10(data_dir, False).subset(images)
     correct = sum((model(x).argmax(1) == y).sum().item() for x, y in test.batches(64))
     return 100.0 * correct / len(test)
 
@@ -68,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.data_dir and cifar:
         torch.manual_seed(0)
         default = build(args.model, num_classes, cifar)
+        test = load_cifar10(args.data_dir, False).subset(1000)
         print(
-            f"CIFAR-10 top-1 before training: {top1(model, args.data_dir):.1f}% with {args.ghn}, "
-            f"{top1(default, args.data_dir):.1f}% with PyTorch's default init (chance: 10%)"
+            f"CIFAR-10 top-1 before training: {top1(model, test):.1f}% with {args.ghn}, "
+            f"{top1(default, test):.1f}% with PyTorch's default init (chance: 10%)"
         )
 
 

@@ -1,8 +1,9 @@
 """Loading a GHN from a shipped or known name, a Hugging Face Hub repo, a local folder or a file.
 
 Shipped names (:data:`SHIPPED_GHNS`, e.g. ``cifar10-mini``) are GHNs trained with this project and
-installed with the package (``ghninit/weights/``): they load with no network. Known names map to a Hub repo and a pinned revision in :data:`KNOWN_GHNS`. A Hub repo in our
-layout holds ``config.json``, ``model.safetensors`` and a model card ``README.md``: what
+installed with the package (``ghninit/weights/``): they load with no network. Known names map to
+a Hub repo and a pinned revision in :data:`KNOWN_GHNS`. A Hub repo in our layout holds
+``config.json``, ``model.safetensors`` and a model card ``README.md``: what
 ``PyTorchModelHubMixin.save_pretrained`` writes. Downloads and the cache are huggingface_hub's own,
 so ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN`` behave as it
 defines them (it reads them when it is imported). Weights are read with safetensors; an official

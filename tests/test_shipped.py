@@ -14,6 +14,7 @@ import torch
 from conftest import REPO_DIR, SHARED_DIR, requires_shared
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
+from eval_ghn import accuracy  # noqa: E402
 from finetune_common import he_init_  # noqa: E402
 
 import ghninit  # noqa: E402
@@ -95,34 +96,22 @@ def test_ship_script_copies_the_final_ghn_and_writes_its_card(tmp_path):
         _ship_script().ship(run, "not-listed", out_dir=tmp_path / "weights")
 
 
-def _top1(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    net.eval()
-    for m in net.modules():  # BatchNorm with the statistics of each test batch, as in the paper
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.train()
-    with torch.no_grad():
-        correct = sum((net(x).argmax(1) == y).sum().item() for x, y in zip(images.split(64), labels.split(64)))
-    return 100.0 * correct / len(labels)
-
-
 @requires_shared
 def test_shipped_ghn_beats_he_init_on_unseen_architectures():
     """Predicted parameters, no training, on held-out TEST-split networks: well above chance and He init."""
     from ghninit.data import load_cifar10
 
     test = load_cifar10(SHARED_DIR / "data" / "cifar10-jpeg", False).subset(512)
-    images, labels = zip(*test.batches(512))
-    images, labels = images[0], labels[0]
     ghn = ghninit.load_ghn("cifar10-mini")
     ghn_top1, he_top1 = [], []
     for index in (5, 7, 13, 16):  # small networks, a few seconds each
         spec = deepnets.generate("test", index)
         net = spec.build(10, 32, norm=True)
         ghninit.initialize(net, ghn=ghn)
-        ghn_top1.append(_top1(net, images, labels))
+        ghn_top1.append(accuracy(net, test, 64, batch_stats=True))  # as the paper: BN on each batch
         torch.manual_seed(0)
         net = spec.build(10, 32, norm=True)
         he_init_(net)
-        he_top1.append(_top1(net, images, labels))
+        he_top1.append(accuracy(net, test, 64, batch_stats=True))
     ghn_mean, he_mean = sum(ghn_top1) / 4, sum(he_top1) / 4
     assert ghn_mean > 14.0 and ghn_mean > he_mean + 3.0, (ghn_top1, he_top1)
