@@ -147,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: 2/3 and 5/6 of --epochs, i.e. 200,250 for 300 epochs)",
     )
     t.add_argument("--gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
+    t.add_argument(
+        "--schedule",
+        choices=["step", "cosine"],
+        default="step",
+        help="step: multiply by --gamma at --lr-steps (paper); cosine: decay to zero over --epochs (default: step)",
+    )
+    t.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default: 0)")
     t.add_argument("--grad-clip", type=float, default=5.0, help="gradient norm clipping (default: 5)")
     t.add_argument(
         "--max-nodes",
@@ -215,6 +222,13 @@ def speed_table(paths: list[str], skip: int = 1) -> str:
     return "\n".join(lines)
 
 
+def describe_schedule(config: TrainConfig) -> str:
+    warmup = f" after {config.warmup_steps} warm-up steps" if config.warmup_steps else ""
+    if config.schedule == "cosine":
+        return f"cosine decay over {config.epochs} epochs{warmup}"
+    return f"lr x{config.gamma} at epochs {config.lr_steps}{warmup}"
+
+
 def build_config(args: argparse.Namespace) -> TrainConfig:
     preset = dict(PRESETS[args.preset])
     overrides = {
@@ -223,6 +237,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         "weight_decay": args.wd,
         "epochs": args.epochs,
         "gamma": args.gamma,
+        "schedule": args.schedule,
+        "warmup_steps": args.warmup_steps,
         "grad_clip": args.grad_clip,
         "max_nodes": args.max_nodes,
         "num_nets": args.num_nets,
@@ -350,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"GHN {trainer.ghn.config} with {sum(p.numel() for p in trainer.ghn.parameters()):,} parameters; "
             f"b_m={config.meta_batch}, batch={config.batch_size}, {batches.steps_per_epoch} steps/epoch, "
-            f"{total} steps, lr steps at epochs {config.lr_steps}, {trainer.world_size} process(es) on {device}",
+            f"{total} steps, {describe_schedule(config)}, {trainer.world_size} process(es) on {device}",
             flush=True,
         )
 

@@ -76,6 +76,8 @@ class TrainConfig:
     epochs: float = 300
     lr_steps: tuple[float, ...] = (200, 250)
     gamma: float = 0.1
+    schedule: str = "step"
+    warmup_steps: int = 0
     grad_clip: float = 5.0
     adam_eps: float = 1e-8
     max_nodes: int = 2200
@@ -365,14 +367,24 @@ class Trainer:
             self.ghn.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps
         )
         self.steps_per_epoch = steps_per_epoch
-        milestones = [max(1, int(round(e * steps_per_epoch))) for e in config.lr_steps]
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=config.gamma)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.step = 0
         self.skipped: list[tuple[int, str]] = []
 
     @property
     def total_steps(self) -> int:
         return int(math.ceil(self.config.epochs * self.steps_per_epoch))
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier at ``step``: linear warm-up, then step decay or cosine to zero."""
+        c = self.config
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.schedule == "cosine":
+            span = max(1, self.total_steps - c.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - c.warmup_steps) / span)))
+        milestones = [max(1, int(round(e * self.steps_per_epoch))) for e in c.lr_steps]
+        return c.gamma ** sum(step >= m for m in milestones)
 
     # -- one step --------------------------------------------------------------------------
 

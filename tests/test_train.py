@@ -295,3 +295,19 @@ def test_image_folder_cifar_is_in_a_fixed_mixed_order(tmp_path, monkeypatch):
     assert sorted(a.labels.tolist()) == sorted(list(range(10)) * 3)
     sub = a.subset(10)
     assert sorted(sub.labels.tolist()) == list(range(10))
+
+
+def test_learning_rate_schedules():
+    tiny = dict(meta_batch=1, epochs=1.0, lr=1.0)
+    cosine = Trainer(TrainConfig(schedule="cosine", warmup_steps=4, **tiny), steps_per_epoch=20)
+    factors = [cosine.lr_factor(s) for s in range(21)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and all(a >= b for a, b in zip(factors[4:], factors[5:]))
+    assert factors[20] == pytest.approx(0.0, abs=1e-12) and factors[12] == pytest.approx(0.5)
+    step = Trainer(TrainConfig(lr_steps=(0.5, 0.75), gamma=0.1, **tiny), steps_per_epoch=20)
+    assert [step.lr_factor(s) for s in (0, 9, 10, 14, 15, 19)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    lrs = []
+    for _ in range(6):  # the optimiser follows lr_factor step by step
+        lrs.append(cosine.optimizer.param_groups[0]["lr"])
+        cosine.scheduler.step()
+    assert lrs == pytest.approx(factors[:6])
