@@ -29,6 +29,8 @@ import argparse
 import csv
 import json
 import os
+import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,7 +43,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ghninit.data import TrainBatches, imagenet_loaders, load_cifar10  # noqa: E402
-from ghninit.train import PHASES, PRESETS, TrainConfig, Trainer  # noqa: E402
+from ghninit.train import PHASES, PRESETS, ArchitecturePrefetcher, TrainConfig, Trainer  # noqa: E402
 
 CSV_FIELDS = [
     "step",
@@ -177,6 +179,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     r.add_argument("--checkpoint-minutes", type=float, default=10.0, help="checkpoint interval (default: 10)")
     r.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    r.add_argument(
+        "--prefetch-workers",
+        type=int,
+        default=1,
+        help="processes that build the next steps' architectures and graphs ahead of the step loop "
+        "(default: 1; 0: build them inline, on the critical path)",
+    )
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     r.add_argument("--no-channels-last", action="store_true", help="keep NCHW activations in the target networks")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -304,6 +313,10 @@ def save_final(trainer: Trainer, folder: Path) -> None:
     save_file(state, str(folder / "ghn.safetensors"), metadata=meta)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.speed_table:
@@ -345,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"resumed from {ckpt} at step {trainer.step} ({cpu_before:.1f} CPU-minutes so far)", flush=True)
 
     def cpu_minutes() -> float:
-        return cpu_before + time.process_time() / 60
+        # Prefetch workers count once they have exited (RUSAGE_CHILDREN): at the final checkpoint.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cpu_before + (time.process_time() + children.ru_utime + children.ru_stime) / 60
 
     def checkpoint() -> None:
         if rank == 0:
@@ -370,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
+    prefetcher = ArchitecturePrefetcher(
+        config, trainer.step, total, trainer.rank, trainer.world_size, workers=args.prefetch_workers
+    )
+    prepared = iter(prefetcher)
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed session still leaves a checkpoint of its last step
     start = time.time()
     last_ckpt = time.time()
     bar = tqdm(total=total, initial=trainer.step, disable=args.quiet or rank != 0, dynamic_ncols=True, unit="step")
@@ -381,9 +401,12 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 stop_reason = reason
                 break
+            step, indices, archs = next(prepared)
+            if step != trainer.step:
+                raise RuntimeError(f"prefetched step {step} while training step {trainer.step}")
             images, targets = batches.batch(trainer.step)
             lr = trainer.optimizer.param_groups[0]["lr"]
-            result = trainer.train_step(images, targets)
+            result = trainer.train_step(images, targets, (indices, archs))
             ips = len(targets) * config.meta_batch / result.seconds["total"]
             if rank == 0:
                 writer.writerow(
@@ -418,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_reason = "interrupted"
     finally:
         bar.close()
+        del prepared  # stops the prefetch workers, so that their CPU time is counted
         checkpoint()
         if rank == 0:
             save_final(trainer, save_dir / "final")

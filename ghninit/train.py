@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 import warnings
 from collections.abc import Sequence
@@ -286,9 +287,101 @@ def prepare_architecture(spec: ArchSpec, config: TrainConfig) -> Architecture:
     graph = build_graph(net, virtual_edge_cutoff=50 if config.ve else 1)
     fallback = {}
     if graph.uncovered:  # parameters the GHN does not predict keep a real initialisation
-        real = dict(spec.build(config.num_classes, config.image_size).named_parameters())
+        with torch.random.fork_rng(devices=[]):  # a pure function of the spec, whatever process builds it
+            torch.manual_seed(_seed_for(config.seed, 13, spec.index))
+            real = dict(spec.build(config.num_classes, config.image_size).named_parameters())
         fallback = {name: real[name].detach() for name in graph.uncovered}
     return Architecture(spec, net, graph, fallback)
+
+
+def sample_meta_batch(
+    config: TrainConfig, step: int, rank: int = 0, world_size: int = 1
+) -> tuple[list[int], list[Architecture]]:
+    """Process ``rank``'s share of step ``step``'s meta-batch: ``(indices, architectures)``.
+
+    The meta-batch is redrawn (next ``attempt``) while its graphs have more than
+    ``config.max_nodes`` nodes in total. Every process builds the graphs of the whole meta-batch
+    to decide, so the choice needs no communication and is a pure function of
+    ``(config, step)``, whatever the number of processes; only this process's share gets the
+    real-tensor fallbacks it needs to run.
+    """
+    c = config
+    share = c.meta_batch // world_size
+    lo = rank * share
+    for attempt in range(100):
+        indices = meta_batch_indices(c.seed, step, attempt, c.meta_batch, c.num_nets)
+        specs = [generate(c.split, i) for i in indices]
+        mine = [prepare_architecture(spec, c) for spec in specs[lo : lo + share]]
+        nodes = sum(len(a.graph) for a in mine)
+        if c.max_nodes > 0:
+            others = specs[:lo] + specs[lo + share :]
+            nodes += sum(len(_meta_graph(spec, c)) for spec in others)
+        if c.max_nodes <= 0 or nodes <= c.max_nodes:
+            break
+    return indices[lo : lo + share], mine
+
+
+def _meta_graph(spec: ArchSpec, config: TrainConfig) -> Graph:
+    net = spec.build(config.num_classes, config.image_size, device="meta")
+    return build_graph(net, virtual_edge_cutoff=50 if config.ve else 1)
+
+
+class _StepArchitectures(torch.utils.data.Dataset):
+    """Item ``i``: ``(step, indices, architectures)`` of step ``start + i`` for one process."""
+
+    def __init__(self, config: TrainConfig, start: int, stop: int, rank: int, world_size: int):
+        self.config, self.start, self.stop = config, start, stop
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int) -> tuple[int, list[int], list[Architecture]]:
+        step = self.start + i
+        indices, archs = sample_meta_batch(self.config, step, self.rank, self.world_size)
+        return step, indices, archs
+
+
+def _init_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+    # The training process handles termination (it checkpoints, then stops its workers); a worker
+    # killed first would make it fail before the checkpoint is written.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class ArchitecturePrefetcher:
+    """The architectures of steps ``start, start + 1, ...``, built ahead by worker processes.
+
+    A :class:`torch.utils.data.DataLoader` over step indices: ``workers`` processes sample the
+    architectures, build the parameter-free networks and their graphs (and the fallbacks of
+    uncovered parameters) up to ``ahead`` steps per worker before the training loop needs them,
+    so the step itself only predicts, runs the networks and updates. Items come in step order
+    and are exactly what :meth:`Trainer.sample_architectures` returns, so a prefetched run takes
+    the same steps as an inline one and resumes the same way. ``workers=0`` builds inline.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 1,
+        ahead: int = 2,
+    ):
+        data = _StepArchitectures(config, start, stop, rank, world_size)
+        extra = dict(prefetch_factor=ahead, worker_init_fn=_init_worker) if workers > 0 else {}
+        self.loader = torch.utils.data.DataLoader(
+            data, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep, **extra
+        )
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def _keep(item):
+    return item
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,26 +482,24 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------
 
     def sample_architectures(self, step: int) -> tuple[list[int], list[Architecture]]:
-        """This process's share of the step's meta-batch (resampled while over ``max_nodes`` in total)."""
-        c = self.config
-        share = c.meta_batch // self.world_size
-        lo = self.rank * share
-        for attempt in range(100):
-            indices = meta_batch_indices(c.seed, step, attempt, c.meta_batch, c.num_nets)
-            mine = [prepare_architecture(generate(c.split, i), c) for i in indices[lo : lo + share]]
-            nodes = torch.tensor([sum(len(a.graph) for a in mine)], dtype=torch.long, device=self.device)
-            if self.distributed:
-                dist.all_reduce(nodes)
-            if c.max_nodes <= 0 or nodes.item() <= c.max_nodes:
-                return indices[lo : lo + share], mine
-        return indices[lo : lo + share], mine
+        """This process's share of the step's meta-batch (see :func:`sample_meta_batch`)."""
+        return sample_meta_batch(self.config, step, self.rank, self.world_size)
 
-    def train_step(self, images: torch.Tensor, targets: torch.Tensor) -> StepResult:
-        """One optimiser step on this batch of images and the step's architectures."""
+    def train_step(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        prepared: tuple[list[int], list[Architecture]] | None = None,
+    ) -> StepResult:
+        """One optimiser step on this batch of images and the step's architectures.
+
+        ``prepared`` is the step's ``(indices, architectures)`` built ahead of time (by an
+        :class:`ArchitecturePrefetcher`); without it they are built here, on the critical path.
+        """
         c = self.config
         step = self.step
         t0 = _clock()
-        indices, archs = self.sample_architectures(step)
+        indices, archs = prepared if prepared is not None else self.sample_architectures(step)
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if c.channels_last and images.dim() == 4:

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -16,12 +17,14 @@ from ghninit import build_graph, deepnets
 from ghninit.data import ImageTensors, TrainBatches
 from ghninit.train import (
     PRESETS,
+    ArchitecturePrefetcher,
     TrainConfig,
     Trainer,
     make_ghn,
     meta_batch_indices,
     predict_params,
     prepare_architecture,
+    sample_meta_batch,
     union_graph,
 )
 
@@ -311,3 +314,46 @@ def test_learning_rate_schedules():
         lrs.append(cosine.optimizer.param_groups[0]["lr"])
         cosine.scheduler.step()
     assert lrs == pytest.approx(factors[:6])
+
+
+def _same_architectures(a: list, b: list) -> None:
+    assert [x.spec for x in a] == [y.spec for y in b]
+    for x, y in zip(a, b):
+        assert x.graph.nodes == y.graph.nodes and np.array_equal(x.graph.edges, y.graph.edges)
+        assert x.fallback.keys() == y.fallback.keys()
+        assert all(torch.equal(x.fallback[k], y.fallback[k]) for k in x.fallback)
+
+
+def test_prefetched_steps_equal_inline_steps_and_resume_exactly():
+    config = dataclasses.replace(SMALL, max_nodes=380)  # small enough that some steps are redrawn
+    torch.manual_seed(0)
+    inline = [sample_meta_batch(config, step) for step in range(4)]
+    first_draws = [meta_batch_indices(config.seed, step, 0, config.meta_batch, config.num_nets) for step in range(4)]
+    assert any(indices != first for (indices, _), first in zip(inline, first_draws)), "no step was redrawn"
+    prefetched = list(ArchitecturePrefetcher(config, 0, 4, workers=1))
+    assert [p[0] for p in prefetched] == [0, 1, 2, 3]
+    for (indices, archs), (_, p_indices, p_archs) in zip(inline, prefetched):
+        assert indices == p_indices
+        _same_architectures(archs, p_archs)
+    resumed = list(ArchitecturePrefetcher(config, 2, 4, workers=2))  # resume at step 2, two workers
+    assert [p[0] for p in resumed] == [2, 3]
+    for (indices, archs), (_, r_indices, r_archs) in zip(inline[2:], resumed):
+        assert indices == r_indices
+        _same_architectures(archs, r_archs)
+    # each process's share of a 2-process run is its slice of the one-process meta-batch
+    for step in range(4):
+        halves = [sample_meta_batch(config, step, rank, 2) for rank in (0, 1)]
+        assert halves[0][0] + halves[1][0] == inline[step][0]
+
+
+def test_prefetched_training_equals_inline_training():
+    data = TrainBatches(_synthetic(16), batch_size=8, seed=0)
+    losses = {}
+    for mode in ("inline", "prefetch"):
+        trainer = Trainer(SMALL, ghn=make_ghn(SMALL, seed=0))
+        source = iter(ArchitecturePrefetcher(SMALL, 0, 2, workers=1)) if mode == "prefetch" else None
+        losses[mode] = []
+        for _ in range(2):
+            prepared = next(source)[1:] if source else None
+            losses[mode].append(trainer.train_step(*data.batch(trainer.step), prepared).loss)
+    assert losses["prefetch"] == pytest.approx(losses["inline"], rel=1e-5)
