@@ -14,7 +14,8 @@ Examples:
     python benchmarks/train_ghn.py --no-ve --meta-batch 1 ...
 
     # data-parallel on 2 CPU processes (gloo) or GPUs (nccl); the meta-batch is split over processes
-    torchrun --nproc_per_node 2 benchmarks/train_ghn.py --data-dir ... --save-dir runs/ghn2-ddp
+    python benchmarks/train_ghn.py --procs 2 --data-dir ... --save-dir runs/ghn2-ddp
+    torchrun --nproc_per_node 2 benchmarks/train_ghn.py --data-dir ... --save-dir runs/ghn2-ddp   # the same
 
 Outputs in --save-dir: checkpoint.pt (model, optimiser, scheduler, RNG, step; rewritten every
 --checkpoint-minutes and at exit), log.csv (one row per step: loss, accuracy of the predicted
@@ -178,7 +179,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stop once the run (all invocations together, this process) has used this much CPU time",
     )
     r.add_argument("--checkpoint-minutes", type=float, default=10.0, help="checkpoint interval (default: 10)")
-    r.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    r.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="data-parallel processes started by this call with torchrun's launcher (gloo on CPU, nccl on "
+        "GPUs); the meta-batch is split over them. Ignored under torchrun (default: 1)",
+    )
+    r.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads per process (default: the CPU cores divided by --procs)",
+    )
     r.add_argument(
         "--prefetch-workers",
         type=int,
@@ -207,11 +219,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def speed_table(paths: list[str], skip: int = 1) -> str:
     """Markdown table of mean seconds per step and phase (wall and CPU) over the logged steps.
 
-    The first ``skip`` steps of each log (warm-up) are left out.
+    The first ``skip`` steps of each log (warm-up) are left out. ``pairs/s`` counts
+    network-image pairs per wall second between the first and last counted steps (waiting for
+    prefetched architectures included); ``GHN side`` is the share of a step spent outside the
+    target networks' forward and backward.
     """
     lines = [
-        "| run | steps | graph building | GHN forward | target fwd+bwd | GHN backward | optimizer | **total s/step** | images/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | steps | graph building | GHN forward | target fwd+bwd | GHN backward | optimizer | **total s/step** "
+        "| GHN side | **pairs/s (wall)** |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         with open(path, newline="") as f:
@@ -219,15 +235,21 @@ def speed_table(paths: list[str], skip: int = 1) -> str:
         if not rows:
             continue
         config_file = Path(path).with_name("train_config.json")
-        images = 64 * 8
+        pairs = 64 * 8
         if config_file.exists():
             cfg = json.loads(config_file.read_text())
-            images = cfg["batch_size"] * cfg["meta_batch"]
+            pairs = cfg["batch_size"] * cfg["meta_batch"]
+        walls = [float(r["wall_s"]) for r in rows]
+        gaps = [b - a for a, b in zip(walls, walls[1:]) if b >= a]  # a resumed run restarts its clock
+        rate = f"{pairs * len(gaps) / sum(gaps):.0f}" if sum(gaps) > 0 else "-"
         for kind, suffix in (("CPU", "_cpu_s"), ("wall", "_s")):
             mean = {k: sum(float(r[f"{k}{suffix}"]) for r in rows) / len(rows) for k in [*PHASES, "step"]}
-            ips = images / mean["step"] if mean["step"] else float("nan")
+            side = 1 - mean["nets_forward_backward"] / mean["step"] if mean["step"] else float("nan")
             cells = " | ".join(f"{mean[k]:.2f}" for k in PHASES)
-            lines.append(f"| {path} ({kind}) | {len(rows)} | {cells} | **{mean['step']:.2f}** | {ips:.0f} |")
+            rate_cell = rate if kind == "wall" else ""
+            lines.append(
+                f"| {path} ({kind}) | {len(rows)} | {cells} | **{mean['step']:.2f}** | {100 * side:.0f}% | {rate_cell} |"
+            )
     return "\n".join(lines)
 
 
@@ -313,6 +335,14 @@ def save_final(trainer: Trainer, folder: Path) -> None:
     save_file(state, str(folder / "ghn.safetensors"), metadata=meta)
 
 
+def launch_processes(procs: int, argv: list[str]) -> int:
+    """Run this script in ``procs`` data-parallel processes with torchrun's launcher (one machine)."""
+    from torch.distributed.run import main as torchrun
+
+    torchrun(["--standalone", "--nproc_per_node", str(procs), str(Path(__file__).resolve()), *argv])
+    return 0
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -322,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_table:
         print(speed_table(args.speed_table))
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.procs > 1 and not distributed:
+        return launch_processes(args.procs, argv if argv is not None else sys.argv[1:])
+    if args.threads or args.procs > 1:
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.procs))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if distributed:
         if device.type == "cuda":

@@ -225,26 +225,28 @@ def test_train_and_eval_scripts_end_to_end(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_train_script_under_torchrun(tmp_path):
-    """Two CPU processes launched by torchrun train, checkpoint, resume, and stop together on a budget."""
+    """Two CPU processes (started by the script, then by torchrun) train, checkpoint, resume, and stop together."""
     import subprocess
     import sys
     from pathlib import Path
 
     _image_folder(tmp_path / "data")
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "train_ghn.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    command += ["--data-dir", str(tmp_path / "data"), "--save-dir", str(tmp_path / "run"), "--quiet", "--threads", "1"]
-    command += ["--batch-size", "4", "--meta-batch", "2", "--max-nodes", "300"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    options = ["--data-dir", str(tmp_path / "data"), "--save-dir", str(tmp_path / "run"), "--quiet", "--threads", "1"]
+    options += ["--batch-size", "4", "--meta-batch", "2", "--max-nodes", "300"]
     env = {**os.environ, "GHNINIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
-    def torchrun(*extra: str) -> str:
-        out = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=600, env=env)
+    def run(*extra: str, plain: bool = False) -> str:
+        start = [sys.executable, str(script), "--procs", "2"] if plain else torchrun
+        out = subprocess.run([*start, *options, *extra], capture_output=True, text=True, timeout=600, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
 
-    assert "2 process(es) on cpu" in torchrun("--max-steps", "1")
+    # a plain `python train_ghn.py --procs 2` starts the two processes itself
+    assert "2 process(es) on cpu" in run("--max-steps", "1", plain=True)
     # resumed with its CPU budget already spent: every rank stops before a step (none waits for the other)
-    assert "--max-cpu-minutes 0.0 reached: step 1/3" in torchrun("--max-steps", "3", "--max-cpu-minutes", "0")
+    assert "--max-cpu-minutes 0.0 reached: step 1/3" in run("--max-steps", "3", "--max-cpu-minutes", "0")
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 1
     assert ghninit.load_ghn(tmp_path / "run" / "final").config["num_classes"] == 10
 
