@@ -2,7 +2,7 @@
 
 A GHN that is published in another form (a reference ``.pt`` file, a pickle) is fetched, verified
 and converted once into ghninit's folder layout (``config.json``, ``model.safetensors``, a model
-card ``README.md`` and ``provenance.json``) under ``<cache>/<name>/<source key>/``; afterwards it
+card ``README.md`` and ``provenance.json``) under ``<cache>/ghns/<name>/<source key>/``; afterwards it
 loads from there without any request. The cache is ``$GHNINIT_CACHE``, else
 ``$XDG_CACHE_HOME/ghninit``, else ``~/.cache/ghninit``. :func:`fetch_convert_store` is the one
 "fetch, verify, convert, store" path, shared by every kind of source: it holds a file lock (so the
@@ -47,6 +47,11 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return Path(xdg).expanduser() / "ghninit"
+
+
+def converted_folder(cache_dir: str | os.PathLike | None, name: str, key: str) -> Path:
+    """``<cache>/ghns/<name>/<key>``: where the converted copy of GHN ``name`` from source ``key`` lives."""
+    return cache_root(cache_dir) / "ghns" / name / key
 
 
 def is_offline() -> bool:
@@ -178,7 +183,7 @@ def fetch_convert_store(
     """The cached, converted copy of a GHN published in another form; made once, under a file lock.
 
     Args:
-        folder: ``<cache>/<name>/<source key>``, the converted copy's place.
+        folder: :func:`converted_folder`, the converted copy's place.
         fetch: downloads the published file into the given empty work folder, verifies it against
             its pinned hash (raising :class:`GHNLoadError` on a mismatch, after deleting it) and
             returns its path. It raises :class:`SourceUnavailable` when it cannot reach the file.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .cache import cache_root
+from .cache import converted_folder
 from .registry import DATASETS, VARIANTS, HubWeights, KnownGHN, expected_config, known_ghns, variant_of
 
 
@@ -39,7 +39,7 @@ def _cached(entry: KnownGHN, cache_dir) -> tuple[object, Path] | None:
             if isinstance(found, str):
                 return source, Path(found).parent
         else:
-            folder = cache_root(cache_dir) / entry.name / source.cache_key
+            folder = converted_folder(cache_dir, entry.name, source.cache_key)
             if folder.is_dir():
                 return source, folder
     return None

@@ -51,7 +51,7 @@ except ImportError:  # huggingface_hub < 1.0: a remote miss is an EntryNotFoundE
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .cache import OFFLINE_ENV, cache_root, fetch_convert_store, file_sha256, is_offline
+from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_store, file_sha256, is_offline
 from .cards import render_card
 from .errors import GHNLoadError, SourceUnavailable
 from .ghn import GHN2
@@ -278,7 +278,7 @@ def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool) ->
         return ghn
 
     return fetch_convert_store(
-        cache_root(cache_dir) / entry.name / source.cache_key,
+        converted_folder(cache_dir, entry.name, source.cache_key),
         fetch=source.fetch,
         convert=convert,
         provenance={**source.provenance(), "converted_by": f"ghninit {ghninit.__version__}"},

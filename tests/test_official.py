@@ -178,7 +178,7 @@ def test_first_load_downloads_verifies_converts_then_loads_from_cache_only(regis
     assert raw_gets(server) == [urllib.parse.urlsplit(f"{registered.base}/{f.path}").path]
     assert server.requests == [("GET", raw_gets(server)[0])], "one request: the file itself"
 
-    folder = registered.cache / f.name / f"official-{f.blob}"
+    folder = registered.cache / "ghns" / f.name / f"official-{f.blob}"
     assert sorted(p.name for p in folder.iterdir()) == [
         "README.md",
         "config.json",
@@ -258,7 +258,7 @@ def test_a_tampered_or_truncated_file_is_rejected_with_the_hash_error_and_nothin
         "deleted",
     ):
         assert needle in str(err.value), needle
-    assert cached_files(registered.cache) == [] and not (registered.cache / f.name).exists()
+    assert cached_files(registered.cache) == [] and not (registered.cache / "ghns" / f.name).exists()
 
     server.corrupt = None  # once the server is repaired, the same call works
     assert state_digest(load_ghn(f.name)) == registered.digests["ghn2"]
@@ -317,7 +317,7 @@ def test_a_new_kind_of_source_plugs_in_and_a_failed_verification_stops_the_list(
 
     register_ghn(KnownGHN("test-fake", "ghn2", "cifar10", (FakeSource("ok", False, calls),)), replace=True)
     assert load_ghn("test-fake").config["hypernet"] == "gatedgnn"
-    assert (registered.cache / "test-fake" / "fake-ok" / "model.safetensors").is_file()
+    assert (registered.cache / "ghns" / "test-fake" / "fake-ok" / "model.safetensors").is_file()
 
 
 def test_offline_without_cache_names_every_source_and_how_to_prefill(registered, monkeypatch):
@@ -353,7 +353,7 @@ def test_command_line_download_and_list(registered, capsys):
 
     f = registered.files["ghn1"]
     assert main(["download", f.name]) == 0
-    assert str(registered.cache / f.name) in capsys.readouterr().out
+    assert str(registered.cache / "ghns" / f.name) in capsys.readouterr().out
     assert main(["download", "no-such-ghn"]) == 1
     assert "neither a shipped GHN" in capsys.readouterr().err
     assert main(["list", "--json"]) == 0
@@ -460,6 +460,6 @@ def test_concurrent_processes_download_once_and_agree(served, tmp_path):
     assert {a["digest"] for a in answers} == {served.digests["mlp"]}
     assert len(raw_gets(server)) == 1, f"downloaded {len(raw_gets(server))} times"
     assert time.monotonic() - start >= 1.5
-    cache = tmp_path / "hf" / "ghninit"
+    cache = tmp_path / "hf" / "ghninit" / "ghns"
     assert [p.name for p in (cache / f.name).iterdir()] == [f"official-{f.blob}"], "one folder, no partial copies"
     assert not list((cache / ".tmp").iterdir())
