@@ -125,7 +125,7 @@ def convert(src: Path, out: Path, name: str | None = None, models: list[str] = (
         raise GHNLoadError(f"{src}: not a reference GHN checkpoint ({{'state_dict', 'config', 'epoch'}})")
     entry, official, note = identify(src, ghn.config, name)
     if official is not None:
-        provenance = {**official.provenance(), "url": f"(converted from a local copy, {src})"}
+        provenance = {k: v for k, v in official.provenance().items() if k != "url"}  # converted from a local copy
     else:
         provenance = {"source": "local file", "source_file": src.name, "license": "MIT"}
     provenance.update(

@@ -215,6 +215,30 @@ def test_first_load_downloads_verifies_converts_then_loads_from_cache_only(regis
     assert len(raw_gets(server)) == 1
 
 
+def test_convert_ppuda_recognises_a_pinned_file_by_its_blob_sha1(registered, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_ppuda", REPO_DIR / "hub" / "convert_ppuda.py")
+    convert_ppuda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert_ppuda)
+    f = registered.files["ghn1"]
+    summary = convert_ppuda.convert(f.local, tmp_path / "out")
+    assert summary["name"] == f.name and summary["official"] and summary["checks"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    for needle in (
+        f"https://github.com/{REPO}",
+        PPUDA_COMMIT,
+        f.path,
+        f.blob,
+        summary["weights_sha256"],
+        "MIT",
+        "GHN-1",
+    ):
+        assert needle in card, needle
+    assert "not the pinned official file" not in card and str(tmp_path) not in card
+    assert registered.server.requests == [], "a local file is converted without any request"
+
+
 @pytest.mark.parametrize("variant", ["ghn1", "mlp"])
 def test_ghn1_and_mlp_load_into_their_variant_from_the_checkpoint_config(registered, variant):
     f = registered.files[variant]
