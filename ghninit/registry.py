@@ -5,14 +5,18 @@ the accuracy its authors published, and an ordered tuple of sources. A source is
 dataclass: :class:`HubWeights` (a Hugging Face Hub repo already in ghninit's layout, used only once
 pinned) or :class:`~ghninit.official.OfficialFile` (a checkpoint file pinned by commit, path and
 git blob SHA-1, downloaded, verified and converted into the local cache). Adding a GHN is one
-:class:`KnownGHN` line; adding a kind of source is one dataclass with ``fetch``/``convert`` methods
-(see :mod:`ghninit.official`). Tests and forks add entries with :func:`register_ghn` instead of
+:class:`KnownGHN` line; adding a kind of source is one dataclass of the :class:`ConvertedSource`
+protocol (``fetch`` and ``convert`` methods; see :mod:`ghninit.official`). Tests and forks add entries with :func:`register_ghn` instead of
 weakening any check.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
 
 from .official import PPUDA_COMMIT, PPUDA_REPO, OfficialFile
 
@@ -41,7 +45,41 @@ class HubWeights:
         return f"Hub repo {self.repo_id} at revision {self.revision}"
 
 
-Source = HubWeights | OfficialFile
+@runtime_checkable
+class ConvertedSource(Protocol):
+    """What a source of a GHN published in another form provides; :class:`~ghninit.official.OfficialFile` is one.
+
+    ``ghninit.hub`` gives it to :func:`ghninit.cache.fetch_convert_store`, which keeps the converted
+    copy under ``<cache>/ghns/<name>/<cache_key>``; a new kind of source (e.g. a pickle on the Hub,
+    read with a restricted unpickler) is one such dataclass, and nothing else changes.
+    """
+
+    kind: str
+
+    @property
+    def cache_key(self) -> str:
+        """Folder name of the converted copy; must change whenever the pinned file does."""
+        ...
+
+    def describe(self) -> str:
+        """One line saying where this source is (used in errors and ``list_ghns``)."""
+        ...
+
+    def provenance(self) -> dict:
+        """What the model card and ``provenance.json`` record about the source."""
+        ...
+
+    def fetch(self, work: Path) -> Path:
+        """Download into the empty folder ``work`` and verify against the pinned hash; returns the file.
+        Raises :class:`~ghninit.errors.SourceUnavailable` when unreachable, ``GHNLoadError`` on a mismatch."""
+        ...
+
+    def convert(self, path: Path) -> torch.nn.Module:
+        """Read the verified file (never unpickling code) into a GHN module with ``config``/``save_pretrained``."""
+        ...
+
+
+Source = HubWeights | ConvertedSource
 
 
 @dataclass(frozen=True)
@@ -186,6 +224,12 @@ def register_ghn(entry: KnownGHN, *, replace: bool = False) -> KnownGHN:
             f"{entry.name}: variant {entry.variant!r} / dataset {entry.dataset!r} not in "
             f"{sorted(VARIANTS)} / {sorted(DATASETS)}; add them to ghninit.registry first"
         )
+    for source in entry.sources:
+        if not isinstance(source, HubWeights | ConvertedSource):
+            raise ValueError(
+                f"{entry.name}: source {source!r} is neither a HubWeights nor a ConvertedSource (kind, cache_key, "
+                "describe, provenance, fetch, convert)"
+            )
     for name in entry.names:
         old = KNOWN_GHNS.get(name)
         if old is not None and not replace:

@@ -51,7 +51,10 @@ class HubServer:
             tensor data, same size, ETag of the intact file: damage in transit or on a mirror);
             ``"truncate"`` (half the body, while HEAD announces the full size); ``"bad_upload"``
             (the header overwritten and the ETag computed from the damaged bytes, as if a
-            damaged file had been uploaded).
+            damaged file had been uploaded). Raw files (:meth:`add_raw`) are damaged as
+            :meth:`_raw_body` says (``"flip"``, ``"short"``, ``"truncate"``).
+        raw: URL path -> bytes of the raw files served.
+        raw_delay: seconds to wait before sending a raw file (to make concurrent downloads overlap).
     """
 
     def __init__(self):

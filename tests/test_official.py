@@ -33,7 +33,7 @@ from ghninit.cache import file_sha256, git_blob_sha1
 from ghninit.errors import GHNLoadError, SourceUnavailable
 from ghninit.hub import ghn_from_reference_checkpoint, load_ghn
 from ghninit.official import PPUDA_COMMIT, OfficialFile
-from ghninit.registry import KNOWN_GHNS, HubWeights, KnownGHN, register_ghn, variant_of
+from ghninit.registry import KNOWN_GHNS, ConvertedSource, HubWeights, KnownGHN, register_ghn, variant_of
 from ghninit.train import PRESETS, TrainConfig
 
 # The table of the issue, read from the pinned commit's tree and README ("Available GHNs").
@@ -166,6 +166,9 @@ def test_register_refuses_to_overwrite_a_name_silently():
         register_ghn(entry("imagenet", "ghn2", "x.pt", "0" * 40))
     with pytest.raises(ValueError, match="variant"):
         register_ghn(KnownGHN("x", "ghn9", "cifar10", (OfficialFile("x.pt", "0" * 40),)))
+    with pytest.raises(ValueError, match="neither a HubWeights nor a ConvertedSource"):
+        register_ghn(KnownGHN("x", "ghn2", "cifar10", ("https://example.org/x.pt",)))
+    assert "x" not in KNOWN_GHNS
 
 
 # -- download, verify, convert, cache --------------------------------------------------------------
@@ -332,6 +335,7 @@ class FakeSource:
 
 def test_a_new_kind_of_source_plugs_in_and_a_failed_verification_stops_the_list(registered):
     calls = []
+    assert isinstance(FakeSource("x", False, calls), ConvertedSource)
     register_ghn(
         KnownGHN("test-fake", "ghn2", "cifar10", (FakeSource("bad", True, calls), FakeSource("ok", False, calls)))
     )
