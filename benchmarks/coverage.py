@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -21,6 +22,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ghninit  # noqa: E402
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+def _portable(ghn: str) -> str:
+    """``--ghn`` as written in the report: a path relative to the repository root (never machine-specific)."""
+    path = Path(ghn)
+    return Path(os.path.relpath(path.resolve(), REPO_DIR)).as_posix() if path.exists() else ghn
 
 TIMM_MODELS = [
     "resnet18", "resnet50", "resnet101", "resnext50_32x4d", "seresnext50_32x4d", "wide_resnet50_2",
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     text = [
         "# Coverage: models initialised by ghninit",
         "",
-        f"Made by `python benchmarks/coverage.py --ghn {args.ghn}` (torch {torch.__version__}, "
+        f"Made by `python benchmarks/coverage.py --ghn {_portable(args.ghn)}` (torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, {torch.get_num_threads()} CPU threads). Seconds are one "
         "end-to-end `initialize` call without warm-up, on a shared 2-core machine; see predict_speed.md for timings.",
     ]

@@ -5,9 +5,10 @@
 >>> report = ghninit.initialize(model, ghn="ghn2_imagenet.safetensors")
 """
 
+from .catalog import list_ghns
 from .ghn import GHN2
 from .graph import Graph, Node, build_graph
-from .hub import GHNLoadError, load_ghn
+from .hub import GHNLoadError, download_ghn, load_ghn
 from .initializer import initialize
 from .report import Report
 from .trace import TraceError, register_leaf_module
@@ -22,7 +23,9 @@ __all__ = [
     "Report",
     "TraceError",
     "build_graph",
+    "download_ghn",
     "initialize",
+    "list_ghns",
     "load_ghn",
     "register_leaf_module",
 ]

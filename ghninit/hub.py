@@ -1,35 +1,38 @@
 """Loading a GHN from a shipped or known name, a Hugging Face Hub repo, a local folder or a file.
 
 Shipped names (:data:`SHIPPED_GHNS`, e.g. ``cifar10-mini``) are GHNs trained with this project and
-installed with the package (``ghninit/weights/``): they load with no network. Known names map to
-a Hub repo and a pinned revision in :data:`KNOWN_GHNS`. A Hub repo in our layout holds
+installed with the package (``ghninit/weights/``): they load with no network. Known names
+(:data:`~ghninit.registry.KNOWN_GHNS`, e.g. ``imagenet``, ``ghn1-cifar10``) resolve to an ordered
+list of sources: a Hub repo in ghninit's layout once one is pinned, then the official reference
+checkpoint, pinned by commit, path and git blob SHA-1, downloaded, verified and converted once into
+the local cache (:mod:`ghninit.cache`, :mod:`ghninit.official`). A Hub repo in our layout holds
 ``config.json``, ``model.safetensors`` and a model card ``README.md``: what
-``PyTorchModelHubMixin.save_pretrained`` writes. Downloads and the cache are huggingface_hub's own,
-so ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN`` behave as it
-defines them (it reads them when it is imported). Weights are read with safetensors; an official
-reference ``.pt`` checkpoint (a local file only) is read with ``torch.load(weights_only=True)``, and
-nothing downloaded is ever unpickled.
+``PyTorchModelHubMixin.save_pretrained`` writes. Hub downloads and their cache are
+huggingface_hub's own, so ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and
+``HF_TOKEN`` behave as it defines them (it reads them when it is imported). Weights are read with
+safetensors; a reference ``.pt`` checkpoint is read only with ``torch.load(weights_only=True)``:
+nothing is ever unpickled.
 
-Environment overrides, for forks and mirrors of the published repos (``NAME`` is the known name in
-upper case, e.g. ``IMAGENET``):
+Environment overrides of a known name's Hub source, for forks and mirrors (``NAME`` is any name of
+the GHN in upper case with ``_`` for ``-``, e.g. ``IMAGENET`` or ``GHN2_IMAGENET``):
 
-- ``GHNINIT_HUB_REPO_NAME``: repo id to use instead of the table's. The pinned revision belongs to
-  the table's repo, so with an overridden repo the revision defaults to ``main``.
+- ``GHNINIT_HUB_REPO_NAME``: repo id to use instead of the table's sources. The pinned revision
+  belongs to the table's repo, so with an overridden repo the revision defaults to ``main``.
 - ``GHNINIT_HUB_REVISION_NAME``: branch, tag or commit to use instead of the pinned one.
 
-To point at a whole Hub mirror (same repo ids and commits), set ``HF_ENDPOINT`` instead.
+To point at a whole Hub mirror (same repo ids and commits), set ``HF_ENDPOINT`` instead; for a
+mirror of the official files, ``GHNINIT_OFFICIAL_URL``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.resources
 import io
 import json
 import os
 import re
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,47 +51,33 @@ except ImportError:  # huggingface_hub < 1.0: a remote miss is an EntryNotFoundE
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_store, file_sha256, is_offline
+from .cards import render_card
+from .errors import GHNLoadError, SourceUnavailable
 from .ghn import GHN2
+from .official import refused_type, unpickler_reason
+from .registry import KNOWN_GHNS, HubWeights, KnownGHN, Source, register_ghn, variant_of
+
+__all__ = [
+    "KNOWN_GHNS",
+    "SHIPPED_GHNS",
+    "GHNLoadError",
+    "HubWeights",
+    "KnownGHN",
+    "download_ghn",
+    "file_sha256",
+    "ghn_from_reference_checkpoint",
+    "known_sources",
+    "load_ghn",
+    "register_ghn",
+    "shipped_card",
+    "shipped_path",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class GHNLoadError(RuntimeError):
-    """A GHN could not be loaded; the message says what was tried and how to fix it."""
-
-
-@dataclass(frozen=True)
-class HubWeights:
-    """Where a known GHN lives on the Hub.
-
-    Attributes:
-        repo_id: Hub repo in our layout (``config.json`` + ``model.safetensors`` + ``README.md``).
-        revision: the pinned revision; a 40-hex commit sha once published, so that downloads are
-            reproducible and a cached copy is used without any request.
-        sha256: sha256 of ``model.safetensors`` at that revision, checked on every load when set.
-        source: the official checkpoint it was converted from.
-    """
-
-    repo_id: str
-    revision: str
-    sha256: str | None
-    source: str
-
-    def env(self, name: str, what: str) -> str:
-        """Name of the environment variable overriding ``what`` (``REPO`` or ``REVISION``) of ``name``."""
-        return f"GHNINIT_HUB_{what}_{name.upper()}"
-
-
-# The one table of published GHNs. After `hub/publish.py` uploads a converted checkpoint it prints
-# the commit sha and the sha256 to pin here (see hub/README.md). Until the official repos are
-# published and pinned, the revision is the branch "main" and no sha256 is checked.
-KNOWN_GHNS: dict[str, HubWeights] = {
-    "imagenet": HubWeights("ghninit/ghn2-imagenet", "main", None, "ghn2_imagenet.pt"),
-    "cifar10": HubWeights("ghninit/ghn2-cifar10", "main", None, "ghn2_cifar10.pt"),
-}
 
 
 # GHNs shipped as package data: ``weights/<name>.safetensors`` (config in its metadata) and
@@ -130,19 +119,36 @@ def _load_shipped(name: str) -> GHN2:
     return _load_safetensors_file(path)
 
 
-def resolve_known(name: str, revision: str | None = None) -> tuple[str, str, str | None]:
-    """``(repo_id, revision, expected_sha256)`` of a known GHN, after environment overrides.
+def known_sources(name: str, revision: str | None = None) -> tuple[Source, ...]:
+    """The sources of a known GHN in the order they are tried, after environment overrides.
 
     Args:
-        name: a key of :data:`KNOWN_GHNS`.
-        revision: an explicit revision, which wins over the environment and the table.
+        name: any name of a known GHN (see :data:`~ghninit.registry.KNOWN_GHNS`).
+        revision: an explicit Hub revision: only the Hub source is then used, at that revision.
     """
-    known = KNOWN_GHNS[name]
-    repo_id = os.environ.get(known.env(name, "REPO")) or known.repo_id
-    overridden = repo_id != known.repo_id
-    revision = revision or os.environ.get(known.env(name, "REVISION")) or ("main" if overridden else known.revision)
-    sha256 = known.sha256 if not overridden and revision == known.revision else None
-    return repo_id, revision, sha256
+    entry = KNOWN_GHNS[name]
+
+    def env(what: str) -> str | None:
+        for n in entry.names:
+            value = os.environ.get(f"GHNINIT_HUB_{what}_{n.upper().replace('-', '_')}")
+            if value:
+                return value
+        return None
+
+    repo_id, revision = env("REPO"), revision or env("REVISION")
+    hubs = [s for s in entry.sources if isinstance(s, HubWeights)]
+    if repo_id:  # a fork or mirror the user chose: nothing else is tried
+        return (HubWeights(repo_id, revision or "main", None, f"GHNINIT_HUB_REPO_* for '{name}'"),)
+    if revision:
+        if not hubs:
+            raise GHNLoadError(
+                f"'{name}' has no Hub repo pinned (it comes from the {entry.sources[0].describe()}): revision="
+                f"{revision!r} only applies to Hub repos. Set GHNINIT_HUB_REPO_{name.upper().replace('-', '_')} "
+                "to use a Hub repo, or leave the revision out."
+            )
+        hub = hubs[0]
+        return (HubWeights(hub.repo_id, revision, hub.sha256 if revision == hub.revision else None, hub.source),)
+    return entry.sources
 
 
 def load_ghn(
@@ -154,28 +160,29 @@ def load_ghn(
     force_download: bool = False,
     token: str | bool | None = None,
 ) -> GHN2:
-    """Load a GHN-2.
+    """Load a GHN.
 
     Args:
         source: a shipped name (``"cifar10-mini"``, no network; see :data:`SHIPPED_GHNS`), a known
-            name (``"imagenet"``, ``"cifar10"``; see :data:`KNOWN_GHNS`), a Hub repo
-            id (``"org/repo"``) in our layout, a local folder in that layout (``config.json`` +
-            ``model.safetensors``), a ``.safetensors`` file (config in its metadata key
-            ``config`` or in a ``config.json`` beside it), or an official reference ``.pt``
-            checkpoint. A shipped or known name wins over a folder of the same name: write
-            ``./imagenet`` for the folder.
-        revision: Hub branch, tag or commit (known names default to their pinned revision).
+            name (``"imagenet"``, ``"cifar10"``, ``"ghn1-imagenet"``, ...; see :func:`ghninit.list_ghns`),
+            a Hub repo id (``"org/repo"``) in our layout, a local folder in that layout
+            (``config.json`` + ``model.safetensors``), a ``.safetensors`` file (config in its
+            metadata key ``config`` or in a ``config.json`` beside it), or an official reference
+            ``.pt`` checkpoint. A shipped or known name wins over a folder of the same name:
+            write ``./imagenet`` for the folder.
+        revision: Hub branch, tag or commit (a known name's Hub source defaults to its pinned revision).
         device: where to put the GHN.
-        cache_dir: Hub cache folder (default: huggingface_hub's, under ``HF_HOME``).
-        force_download: download again even if cached (e.g. after a corruption error).
+        cache_dir: cache folder for both Hub downloads and converted official files (default:
+            huggingface_hub's under ``HF_HOME``, and ``GHNINIT_CACHE`` or ``$XDG_CACHE_HOME/ghninit``).
+        force_download: download (and convert) again even if cached (e.g. after a corruption error).
         token: Hub token for private repos (default: huggingface_hub's, e.g. ``HF_TOKEN``).
 
     Returns:
         the GHN in eval mode, with ``source`` set to ``str(source)``.
 
     Raises:
-        GHNLoadError: with what was tried and how to fix it. A corrupt or truncated file is an
-            error, never a silent fallback to other weights.
+        GHNLoadError: with what was tried and how to fix it. A corrupt, truncated or unverified
+            file is an error, never a silent fallback to other weights.
     """
     name = str(source)
     if name in SHIPPED_GHNS:
@@ -202,10 +209,11 @@ def download_ghn(
     force_download: bool = False,
     token: str | bool | None = None,
 ) -> Path:
-    """Download (or find in the cache) a GHN from the Hub and return its verified snapshot folder.
+    """Download (or find in the cache) a known GHN or a Hub repo and return its verified folder.
 
-    The folder holds ``config.json`` and ``model.safetensors`` of one commit; it can be passed to
-    :func:`load_ghn` or copied elsewhere. Use it to pre-download GHNs for offline machines.
+    The folder holds ``config.json`` and ``model.safetensors``; it can be passed to
+    :func:`load_ghn` or copied elsewhere. Run it on a connected machine to pre-fill the cache for
+    offline ones (``python -m ghninit download NAME`` does the same).
 
     Args:
         source: a known name or a Hub repo id (``"org/repo"``).
@@ -217,19 +225,80 @@ def download_ghn(
             f"'{name}' is shipped with ghninit ({shipped_path(name)}): load_ghn('{name}') needs no download"
         )
     if name in KNOWN_GHNS:
-        repo_id, revision, expected_sha256 = resolve_known(name, revision)
-    elif _REPO_ID.match(name) and not name.startswith("."):
-        repo_id, revision, expected_sha256 = name, revision or "main", None
-    else:
-        raise GHNLoadError(
-            f"'{source}' is neither a shipped GHN ({', '.join(SHIPPED_GHNS)}), nor a known GHN "
-            f"({', '.join(KNOWN_GHNS)}), nor an existing local file or "
-            "folder, nor a Hub repo id of the form 'org/name'."
-        )
+        return _download_known(KNOWN_GHNS[name], name, revision, cache_dir, force_download, token)
+    if _REPO_ID.match(name) and not name.startswith("."):
+        return _download_hub(HubWeights(name, revision or "main", None, name), name, cache_dir, force_download, token)
+    raise GHNLoadError(
+        f"'{source}' is neither a shipped GHN ({', '.join(SHIPPED_GHNS)}), nor a known GHN "
+        f"({', '.join(KNOWN_GHNS)}), nor an existing local file or "
+        "folder, nor a Hub repo id of the form 'org/name'."
+    )
+
+
+def _download_known(entry: KnownGHN, name: str, revision: str | None, cache_dir, force_download: bool, token) -> Path:
+    """Try the sources of a known GHN in order; the first that can provide it wins."""
+    tried, sources = [], known_sources(name, revision)
+    for source in sources:
+        try:
+            if isinstance(source, HubWeights):
+                return _download_hub(source, name, cache_dir, force_download, token, more=len(sources) > 1)
+            return _converted_copy(entry, source, cache_dir, force_download)
+        except SourceUnavailable as err:
+            tried.append(f"  {len(tried) + 1}. {source.describe()}:\n     " + str(err).replace("\n", "\n     "))
+    hub = any(isinstance(s, HubWeights) for s in sources)
+    root = cache_root(cache_dir)
+    raise GHNLoadError(
+        f"could not load GHN '{name}' ({entry.title}): no source could provide it. Sources tried, in order:\n"
+        + "\n".join(tried)
+        + f"\nCache of converted GHNs: {root} (cache_dir=, else GHNINIT_CACHE, else $XDG_CACHE_HOME/ghninit)"
+        + (f"; Hub cache: {cache_dir or constants.HF_HUB_CACHE} (HF_HOME)" if hub else "")
+        + f"; offline mode {'on' if is_offline() else 'off'} (HF_HUB_OFFLINE / {OFFLINE_ENV}).\n"
+        "Fix: check the network (and GHNINIT_OFFICIAL_URL / HF_ENDPOINT if set). For an offline machine, pre-fill "
+        f"the cache on a connected one with `GHNINIT_CACHE={root}"
+        + (" HF_HOME=<the same HF_HOME>" if hub else "")
+        + f" python -m ghninit download {name}` (or ghninit.download_ghn('{name}')), then copy that folder here "
+        "or share it; or pass a local path (a folder with config.json + model.safetensors, a .safetensors file, or "
+        "a reference .pt checkpoint)."
+    )
+
+
+def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool) -> Path:
+    """The cached copy of a source that must be fetched and converted (e.g. an official ``.pt``)."""
+    import ghninit
+
+    def convert(path: Path) -> GHN2:
+        ghn = source.convert(path)
+        found = variant_of(ghn.config)
+        if found != entry.variant:
+            warnings.warn(
+                f"'{entry.name}' is listed as {entry.variant}, but the checkpoint's config describes "
+                f"{found or 'no known variant'} ({ghn.config}); it is loaded as its config says",
+                stacklevel=4,
+            )
+        return ghn
+
+    return fetch_convert_store(
+        converted_folder(cache_dir, entry.name, source.cache_key),
+        fetch=source.fetch,
+        convert=convert,
+        provenance={**source.provenance(), "converted_by": f"ghninit {ghninit.__version__}"},
+        card=lambda provenance: render_card(entry, provenance),
+        what=f"GHN '{entry.name}' ({source.describe()})",
+        fix=f"ghninit.download_ghn('{entry.name}', force_download=True)",
+        force=force_download,
+    )
+
+
+def _download_hub(hub: HubWeights, name: str, cache_dir, force_download: bool, token, more: bool = False) -> Path:
+    """The verified snapshot folder of a Hub repo in our layout, from huggingface_hub's cache or the Hub.
+
+    With ``more`` (other sources follow), a repo that is merely unavailable raises :class:`SourceUnavailable`.
+    """
+    repo_id, revision = hub.repo_id, hub.revision
     tried = (
         f"tried: repo '{repo_id}' at revision '{revision}' from {constants.ENDPOINT} "
         f"(HF_ENDPOINT), cache {cache_dir or constants.HF_HUB_CACHE} (HF_HOME / HF_HUB_CACHE), "
-        f"offline mode {'on' if constants.HF_HUB_OFFLINE else 'off'} (HF_HUB_OFFLINE)"
+        f"offline mode {'on' if is_offline() else 'off'} (HF_HUB_OFFLINE / {OFFLINE_ENV})"
     )
     paths = {}
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
@@ -242,10 +311,12 @@ def download_ghn(
                     cache_dir=cache_dir,
                     force_download=force_download,
                     token=token,
+                    local_files_only=is_offline(),
                 )
             )
         except Exception as err:  # huggingface_hub raises many types; each is explained below
-            raise GHNLoadError(_explain(err, name, repo_id, revision, filename, tried)) from err
+            message, unavailable = _explain(err, name, repo_id, revision, filename, tried)
+            raise (SourceUnavailable if unavailable and more else GHNLoadError)(message) from err
     folder = paths[WEIGHTS_NAME].parent
     if paths[CONFIG_NAME].parent != folder:  # a branch moved between the two downloads
         raise GHNLoadError(
@@ -253,16 +324,18 @@ def download_ghn(
             f"({paths[CONFIG_NAME].parent.name}, {folder.name}): the branch '{revision}' moved while "
             "downloading. Retry, or pin a commit with revision=."
         )
-    _verify_cached(paths[WEIGHTS_NAME], expected_sha256, f"'{repo_id}' (commit {folder.name})")
+    _verify_cached(paths[WEIGHTS_NAME], hub.sha256, f"'{repo_id}' (commit {folder.name})")
     return folder
 
 
-def _explain(err: Exception, source: str, repo_id: str, revision: str, filename: str, tried: str) -> str:
-    """An error message: what failed, what was tried, how to fix it, and huggingface_hub's own error."""
+def _explain(err: Exception, source: str, repo_id: str, revision: str, filename: str, tried: str) -> tuple[str, bool]:
+    """An error message (what failed, what was tried, how to fix it, huggingface_hub's own error), and
+    whether the repo is merely unavailable (offline, unreachable, absent), so that a next source may be tried."""
     local = "or pass a local path (a folder with config.json + model.safetensors, or a .safetensors file)"
     fetch = f"python -c \"from ghninit.hub import download_ghn; download_ghn('{source}', revision='{revision}')\""
-    if isinstance(err, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE:
-        what = f"HF_HUB_OFFLINE is set and the cache has no copy of {filename} at revision '{revision}'"
+    unavailable = True
+    if isinstance(err, LocalEntryNotFoundError) and is_offline():
+        what = f"offline mode is on and the cache has no copy of {filename} at revision '{revision}'"
         fix = f"run once online with the same HF_HOME (`{fetch}`), or set HF_HUB_OFFLINE=0, {local}"
     elif isinstance(err, LocalEntryNotFoundError):
         what = f"the Hub could not be reached and the cache has no copy of {filename} at revision '{revision}'"
@@ -285,27 +358,21 @@ def _explain(err: Exception, source: str, repo_id: str, revision: str, filename:
     elif isinstance(err, OSError):  # huggingface_hub's size check, HTTP and network errors
         what = f"downloading {filename} failed or was incomplete (truncated file or network error)"
         fix = f"retry, with load_ghn(..., force_download=True) to discard any partial copy; {local}"
+        unavailable = False
     else:
         what = f"downloading {filename} failed"
         fix = f"check the network and HF_ENDPOINT; {local}"
-    return (
+        unavailable = False
+    message = (
         f"could not load GHN '{source}': {what}.\n{tried}.\nFix: {fix}.\n"
         f"(huggingface_hub: {type(err).__name__}: {_first_line(err)})"
     )
+    return message, unavailable
 
 
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else ""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verify_cached(path: Path, expected_sha256: str | None, what: str) -> None:
@@ -398,9 +465,12 @@ def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        refused = refused_type(err)
+        what = f"it holds an object of type `{refused}`, which" if refused else "it"
         raise GHNLoadError(
-            f"{path}: cannot be read as a weights-only PyTorch checkpoint ({err}). Only plain tensors and "
-            "containers are accepted; convert it with hub/convert_ppuda.py on a trusted machine."
+            f"{path}: cannot be read as a weights-only PyTorch checkpoint: {what} torch.load(weights_only=True) "
+            f"refuses ({type(err).__name__}: {unpickler_reason(err)}). ghninit never unpickles other types. "
+            "Fix: if you trust the file, re-save it elsewhere as {'state_dict': tensors, 'config': plain dict}."
         ) from err
     if not isinstance(checkpoint, dict) or not {"state_dict", "config"} <= checkpoint.keys():
         raise GHNLoadError(f"{path}: expected a dict with 'state_dict' and 'config' (a reference GHN checkpoint)")

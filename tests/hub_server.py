@@ -7,8 +7,10 @@ with ``X-Linked-Etag``/``X-Linked-Size``; the git blob sha1 otherwise) and ``Con
 ``Range`` requests, the Hub's ``X-Error-Code`` errors (``RepoNotFound``, ``RevisionNotFound``,
 ``EntryNotFound``), ``/api/models/{repo_id}[/revision/{revision}]`` and
 ``/api/models/{repo_id}/tree/{revision}`` (used by ``snapshot_download`` and ``hf download``). It serves folders as
-commits of repos, counts every request, and can damage the weights it serves. It listens on
-127.0.0.1 only, on a free port, and stops when its ``with`` block ends.
+commits of repos, counts every request, and can damage the weights it serves. It also stands in
+for GitHub's raw-file endpoint: ``GET {url}/raw/{owner}/{repo}/{commit}/{path}`` serves files added
+with :meth:`HubServer.add_raw` (the base URL up to the commit is what ``GHNINIT_OFFICIAL_URL``
+replaces). It listens on 127.0.0.1 only, on a free port, and stops when its ``with`` block ends.
 
 :func:`worker_main` runs in a subprocess started with the environment under test (huggingface_hub
 reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and ``HF_HOME`` when imported): it answers JSON requests
@@ -21,13 +23,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 RESPONSE_PREFIX = "@@ "
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = TESTS_DIR.parent
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -44,13 +51,18 @@ class HubServer:
             tensor data, same size, ETag of the intact file: damage in transit or on a mirror);
             ``"truncate"`` (half the body, while HEAD announces the full size); ``"bad_upload"``
             (the header overwritten and the ETag computed from the damaged bytes, as if a
-            damaged file had been uploaded).
+            damaged file had been uploaded). Raw files (:meth:`add_raw`) are damaged as
+            :meth:`_raw_body` says (``"flip"``, ``"short"``, ``"truncate"``).
+        raw: URL path -> bytes of the raw files served.
+        raw_delay: seconds to wait before sending a raw file (to make concurrent downloads overlap).
     """
 
     def __init__(self):
         self.repos: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self.corrupt: str | None = None
+        self.raw: dict[str, bytes] = {}
+        self.raw_delay = 0.0
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -67,6 +79,13 @@ class HubServer:
         if branch:
             repo["refs"][branch] = sha
         return sha
+
+    def add_raw(self, repo: str, commit: str, path: str, data: bytes) -> str:
+        """Serve ``data`` as the raw file ``path`` of GitHub repo ``repo`` at ``commit``; returns the base URL
+        (up to and including the commit) to put in ``GHNINIT_OFFICIAL_URL``."""
+        base = f"/raw/{repo}/{commit}"
+        self.raw[f"{base}/{path}"] = data
+        return self.url + base
 
     @property
     def url(self) -> str:
@@ -129,6 +148,21 @@ class HubServer:
             return damaged, hashlib.sha256(damaged).hexdigest(), len(damaged)
         raise ValueError(f"unknown corruption {self.corrupt!r}")
 
+    def _raw_body(self, data: bytes) -> tuple[bytes, int]:
+        """``(body, announced size)`` of a raw file: ``"flip"`` changes bytes (same size), ``"short"``
+        serves the first half as if it were the whole file, ``"truncate"`` announces the full size
+        and closes the connection half way."""
+        if self.corrupt == "flip":
+            damaged = bytearray(data)
+            for i in range(len(data) // 2, len(data) // 2 + 64):
+                damaged[i] ^= 0xFF
+            return bytes(damaged), len(data)
+        if self.corrupt == "short":
+            return data[: len(data) // 2], len(data) // 2
+        if self.corrupt == "truncate":
+            return data[: len(data) // 2], len(data)
+        return data, len(data)
+
 
 def _make_handler(server: HubServer):
     class Handler(BaseHTTPRequestHandler):
@@ -157,6 +191,8 @@ def _make_handler(server: HubServer):
             path = urlsplit(self.path).path
             server._record(self.command, path)
             parts = path.split("/")
+            if parts[1] == "raw":
+                return self._raw_file(path, head)
             if len(parts) >= 6 and parts[3] == "resolve":
                 return self._resolve_file(f"{unquote(parts[1])}/{unquote(parts[2])}", unquote(parts[4]), parts, head)
             if len(parts) >= 5 and parts[1:3] == ["api", "models"]:
@@ -188,6 +224,17 @@ def _make_handler(server: HubServer):
                 headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{size}"
             self._send(206 if start else 200, headers, body[start:])
 
+        def _raw_file(self, path: str, head: bool) -> None:
+            data = server.raw.get(unquote(path))
+            if data is None:
+                return self._send(404, {"Content-Type": "text/plain"}, b"404: Not Found", head)
+            body, size = server._raw_body(data)
+            if server.raw_delay:  # a slow download, so that concurrent loaders overlap
+                time.sleep(server.raw_delay)
+            self._send(200, {"Content-Type": "application/octet-stream"}, body, head, length=size)
+            if len(body) < size:
+                self.close_connection = True  # the client sees the body cut short
+
         def _repo_info(self, repo_id: str, revision: str, head: bool) -> None:
             status, headers, sha, files = server._resolve(repo_id, revision)
             if status != 200:
@@ -210,6 +257,80 @@ def _make_handler(server: HubServer):
     return Handler
 
 
+class Worker:
+    """A subprocess running ``hub_server.worker_main`` in a given environment."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self._log = open(log, "w")
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TESTS_DIR / "hub_server.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=env,
+            cwd=TESTS_DIR,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith(RESPONSE_PREFIX):
+                self._lines.put(line[len(RESPONSE_PREFIX) :])
+        self._lines.put(None)
+
+    def read(self, timeout: float = 120) -> dict:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"worker gave no answer in {timeout}s; log:\n{self.log.read_text()[-3000:]}") from None
+        if line is None:
+            raise AssertionError(f"worker exited; log:\n{self.log.read_text()[-3000:]}")
+        return json.loads(line)
+
+    def send(self, op: str, **kwargs) -> None:
+        """Send a request without waiting for the answer (see :meth:`read`)."""
+        self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, op: str, **kwargs) -> dict:
+        self.send(op, **kwargs)
+        return self.read()
+
+    def close(self) -> None:
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def worker_env(server: HubServer, hf_home: Path, offline: bool, **extra: str) -> dict[str, str]:
+    """The environment of a worker: this server as Hub endpoint, its own HF_HOME, offline or not, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "GHNINIT_"))}
+    env.update(
+        HF_ENDPOINT=server.url,
+        HF_HOME=str(hf_home),
+        HF_HUB_OFFLINE="1" if offline else "0",
+        HF_HUB_DISABLE_TELEMETRY="1",  # else huggingface_hub fetches an agent registry from the endpoint
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(REPO_DIR), str(TESTS_DIR), env.get("PYTHONPATH", "")]),
+        GHNINIT_CACHE=str(hf_home / "ghninit"),  # converted official files: never the user's cache
+        GHNINIT_OFFICIAL_URL=f"{server.url}/raw/no-such-mirror",  # never GitHub
+    )
+    env.update(extra)
+    return env
+
+
 def state_digest(ghn) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes and values), to compare GHNs across processes."""
     digest = hashlib.sha256()
@@ -223,14 +344,23 @@ def state_digest(ghn) -> str:
 def worker_main() -> None:
     """Answer JSON requests from stdin, one per line, with one ``@@ {json}`` line each.
 
-    Operations: ``load`` (``ghninit.load_ghn(source, revision, cache_dir=, force_download=)``),
-    ``initialize`` (``ghninit.initialize`` on a parity fixture's model with ``dataset=``; answers
-    the differences from the fixture), ``pin`` (replace a ``KNOWN_GHNS`` entry), ``setenv``.
+    Operations: ``load`` (``ghninit.load_ghn(source, revision, cache_dir=, force_download=)``; answers
+    the GHN's digest, config and any warnings), ``download`` (``ghninit.download_ghn``), ``list``
+    (``ghninit.list_ghns``), ``initialize`` (``ghninit.initialize`` on a parity fixture's model with
+    ``dataset=``; answers the differences from the fixture), ``init_resnet18`` (``initialize`` on a
+    seeded CIFAR ResNet-18; answers a digest of its parameters), ``pin`` (put a Hub source first
+    in a known GHN's sources), ``register`` (a known GHN with one official file, pinned by path and
+    blob SHA-1: the test hook), ``setenv``.
     """
+    import dataclasses
+    import warnings
+
     from parity import build_model, compare, load_fixture
 
     import ghninit
     import ghninit.hub
+    from ghninit.official import OfficialFile
+    from ghninit.registry import KNOWN_GHNS, HubWeights, KnownGHN, register_ghn
 
     print(RESPONSE_PREFIX + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -238,17 +368,40 @@ def worker_main() -> None:
         op = request.pop("op")
         try:
             if op == "load":
-                ghn = ghninit.load_ghn(request.pop("source"), **request)
-                answer = {"ok": True, "digest": state_digest(ghn), "num_classes": ghn.num_classes}
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    ghn = ghninit.load_ghn(request.pop("source"), **request)
+                answer = {
+                    "ok": True,
+                    "digest": state_digest(ghn),
+                    "num_classes": ghn.num_classes,
+                    "config": ghn.config,
+                    "warnings": [str(w.message) for w in caught],
+                }
+            elif op == "download":
+                answer = {"ok": True, "path": str(ghninit.download_ghn(request.pop("source"), **request))}
+            elif op == "list":
+                answer = {"ok": True, "rows": ghninit.list_ghns(**request)}
             elif op == "initialize":
                 fixture = load_fixture(request["fixture"])
                 model = build_model(fixture)
                 report = ghninit.initialize(model, dataset=request["dataset"])
                 predicted = {n: p for n, p in model.named_parameters() if n in set(report.predicted)}
                 answer = {"ok": True, "problems": compare(predicted, fixture)}
+            elif op == "init_resnet18":
+                model = seeded_resnet18()
+                report = ghninit.initialize(model, dataset=request["dataset"])
+                answer = {"ok": True, "digest": state_digest(model), "predicted": len(report.predicted)}
             elif op == "pin":
-                name = request.pop("name")
-                ghninit.hub.KNOWN_GHNS[name] = ghninit.hub.HubWeights(**request)
+                entry = KNOWN_GHNS[request.pop("name")]
+                others = tuple(s for s in entry.sources if not isinstance(s, HubWeights))
+                register_ghn(dataclasses.replace(entry, sources=(HubWeights(**request), *others)), replace=True)
+                answer = {"ok": True}
+            elif op == "register":
+                hub = (HubWeights(**request.pop("hub")),) if request.get("hub") else ()
+                request.pop("hub", None)
+                official = OfficialFile(request.pop("path"), request.pop("blob_sha1"))
+                register_ghn(KnownGHN(sources=(*hub, official), **request), replace=True)
                 answer = {"ok": True}
             elif op == "setenv":
                 for key, value in request.items():
@@ -264,6 +417,17 @@ def worker_main() -> None:
         print(RESPONSE_PREFIX + json.dumps(answer), flush=True)
     sys.stderr.flush()
     os._exit(0)  # stdin closed: skip the interpreter's teardown of torch (seconds), nothing is left to write
+
+
+def seeded_resnet18():
+    """A ResNet-18 for 32x32 inputs, 10 classes, with the same default initialisation in every process."""
+    import torch
+    import torchvision
+
+    from ghninit.adapt import adapt_to_cifar
+
+    torch.manual_seed(0)
+    return adapt_to_cifar(torchvision.models.resnet18(num_classes=10))
 
 
 if __name__ == "__main__":

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO_DIR, TESTS_DIR, reference_file, requires_shared
-from hub_server import RESPONSE_PREFIX, HubServer, state_digest
+from conftest import REPO_DIR, reference_file, requires_shared
+from hub_server import HubServer, Worker, state_digest, worker_env
 from parity import build_model, compare, load_fixture
 
 import ghninit
@@ -58,7 +54,12 @@ def converted(tmp_path_factory):
 @requires_shared
 def test_convert_writes_hub_layout_and_model_card(converted):
     for dataset, conv in converted.items():
-        assert sorted(p.name for p in conv.folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        assert sorted(p.name for p in conv.folder.iterdir()) == [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "provenance.json",
+        ]
         direct = ghninit.hub.ghn_from_reference_checkpoint(conv.src)
         assert json.loads((conv.folder / "config.json").read_text()) == direct.config
         assert conv.digest == state_digest(direct), "converted tensors differ from the .pt"
@@ -66,9 +67,9 @@ def test_convert_writes_hub_layout_and_model_card(converted):
         card = (conv.folder / "README.md").read_text()
         source_sha256 = _script("convert_ppuda").sha256_file(conv.src)
         for needle in (
-            "arXiv:2110.13100",  # paper
+            "arxiv.org/abs/2110.13100",  # paper
             "license: mit",  # license (card metadata) ...
-            "MIT: the license of the reference repository",  # ... and text
+            "MIT: the license of the source repository",  # ... and text
             "DeepNets-1M",  # training data
             "ImageNet" if dataset == "imagenet" else "CIFAR-10",
             "5.3" if dataset == "imagenet" else "58.6",  # published ResNet-50 accuracy
@@ -78,7 +79,10 @@ def test_convert_writes_hub_layout_and_model_card(converted):
             "library_name: ghninit",
         ):
             assert needle in card, f"{dataset} model card lacks {needle!r}"
-        assert "not named like the official" in card  # a random fixture is not the official file
+        official = ghninit.registry.KNOWN_GHNS[dataset].sources[-1]
+        assert conv.summary["name"] == f"ghn2-{dataset}" and not conv.summary["official"]
+        # a random fixture is not the official file: the card says so, naming both blob SHA-1s
+        assert "is not the pinned official file" in card and official.blob_sha1 in card
 
 
 @requires_shared
@@ -130,72 +134,6 @@ def test_local_sources(converted, tmp_path):
 # -- the Hub download path -----------------------------------------------------------------------
 
 
-class Worker:
-    """A subprocess running ``hub_server.worker_main`` in a given environment."""
-
-    def __init__(self, env: dict[str, str], log: Path):
-        self._log = open(log, "w")
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, str(TESTS_DIR / "hub_server.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=env,
-            cwd=TESTS_DIR,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            if line.startswith(RESPONSE_PREFIX):
-                self._lines.put(line[len(RESPONSE_PREFIX) :])
-        self._lines.put(None)
-
-    def read(self, timeout: float = 120) -> dict:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"worker gave no answer in {timeout}s; log:\n{self.log.read_text()[-3000:]}") from None
-        if line is None:
-            raise AssertionError(f"worker exited; log:\n{self.log.read_text()[-3000:]}")
-        return json.loads(line)
-
-    def ask(self, op: str, **kwargs) -> dict:
-        self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-
-def _worker_env(server: HubServer, hf_home: Path, offline: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "GHNINIT_HUB_"))}
-    env.update(
-        HF_ENDPOINT=server.url,
-        HF_HOME=str(hf_home),
-        HF_HUB_OFFLINE="1" if offline else "0",
-        HF_HUB_DISABLE_TELEMETRY="1",  # else huggingface_hub fetches an agent registry from the endpoint
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO_DIR), str(TESTS_DIR), env.get("PYTHONPATH", "")]),
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def hub(converted, tmp_path_factory):
     """A Hub on 127.0.0.1 with two repos, and an online and an offline worker sharing one HF_HOME.
@@ -216,8 +154,8 @@ def hub(converted, tmp_path_factory):
         ns.digest_old, ns.digest_new = converted["imagenet"].digest, state_digest(load_ghn(other))
         ns.digest_cifar = converted["cifar10"].digest
         ns.sha256_old = converted["imagenet"].summary["weights_sha256"]
-        ns.online = Worker(_worker_env(server, ns.hf_home, offline=False), tmp / "online.log")
-        ns.offline = Worker(_worker_env(server, ns.hf_home, offline=True), tmp / "offline.log")
+        ns.online = Worker(worker_env(server, ns.hf_home, offline=False), tmp / "online.log")
+        ns.offline = Worker(worker_env(server, ns.hf_home, offline=True), tmp / "offline.log")
         try:
             assert ns.online.read() == {"ready": True} and ns.offline.read() == {"ready": True}
             yield ns

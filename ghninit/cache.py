@@ -1,0 +1,222 @@
+"""The local cache of converted GHNs: where it is, how it is filled, and how a cached copy is checked.
+
+A GHN that is published in another form (a reference ``.pt`` file, a pickle) is fetched, verified
+and converted once into ghninit's folder layout (``config.json``, ``model.safetensors``, a model
+card ``README.md`` and ``provenance.json``) under ``<cache>/ghns/<name>/<source key>/``; afterwards it
+loads from there without any request. The cache is ``$GHNINIT_CACHE``, else
+``$XDG_CACHE_HOME/ghninit``, else ``~/.cache/ghninit``. :func:`fetch_convert_store` is the one
+"fetch, verify, convert, store" path, shared by every kind of source: it holds a file lock (so the
+ranks of a ``torchrun`` job download once and never see a half-written folder), works in a
+temporary folder and publishes the result with an atomic rename. Every load checks the cached
+``model.safetensors`` against the sha256 recorded in ``provenance.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from .errors import GHNLoadError, SourceUnavailable
+
+CACHE_ENV = "GHNINIT_CACHE"
+OFFLINE_ENV = "GHNINIT_OFFLINE"
+PROVENANCE_NAME = "provenance.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder converted GHNs are kept in: ``cache_dir`` if given, else ``$GHNINIT_CACHE``,
+    else ``$XDG_CACHE_HOME/ghninit``, else ``~/.cache/ghninit`` (read at each call)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "ghninit"
+
+
+def converted_folder(cache_dir: str | os.PathLike | None, name: str, key: str) -> Path:
+    """``<cache>/ghns/<name>/<key>``: where the converted copy of GHN ``name`` from source ``key`` lives."""
+    return cache_root(cache_dir) / "ghns" / name / key
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (as huggingface_hub read it, or now) or ``GHNINIT_OFFLINE`` is set."""
+    from huggingface_hub import constants
+
+    return (
+        bool(constants.HF_HUB_OFFLINE)
+        or _truthy(os.environ.get("HF_HUB_OFFLINE"))
+        or _truthy(os.environ.get(OFFLINE_ENV))
+    )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_blob_sha1(path: str | os.PathLike) -> str:
+    """The git object id of a file (``sha1(b"blob <size>\\0" + data)``), as a commit's tree lists it."""
+    digest = hashlib.sha1(b"blob %d\0" % os.path.getsize(path))
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``final``; when the block succeeds, it becomes ``final`` atomically.
+
+    On any error the staged folder is removed and ``final`` is left as it was, so a reader sees
+    either the old complete folder or the new complete one, never a partial write.
+    """
+    final = Path(final)
+    created_parent = not final.parent.exists()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield stage
+        os.chmod(stage, 0o755)  # mkdtemp made it private; a shared cache must be readable
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
+            os.replace(final, old)
+            os.replace(stage, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created_parent:
+            with contextlib.suppress(OSError):
+                final.parent.rmdir()  # only if empty
+        raise
+
+
+def write_ghn_folder(ghn: torch.nn.Module, folder: Path, provenance: dict, card: Callable[[dict], str]) -> dict:
+    """Write ``config.json`` + ``model.safetensors`` (the mixin's ``save_pretrained``), ``provenance.json``
+    and the model card ``README.md`` into ``folder``; returns the completed provenance.
+
+    The written tensors are read back and compared with the module's, so a folder is only ever
+    published with exactly the weights that were converted.
+
+    Args:
+        ghn: a module with ``config`` and ``save_pretrained`` (``PyTorchModelHubMixin``).
+        folder: where to write (normally a :func:`staged_folder`).
+        provenance: where the weights come from (source repo, commit, path, hashes, license, ...).
+        card: renders the model card from the completed provenance.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    ghn.save_pretrained(folder, config=ghn.config)
+    state, written = ghn.state_dict(), load_file(str(folder / WEIGHTS_NAME))
+    if state.keys() != written.keys() or any(not torch.equal(state[k].cpu(), written[k]) for k in state):
+        raise GHNLoadError(
+            f"{folder / WEIGHTS_NAME}: the written tensors differ from the converted GHN; nothing stored"
+        )
+    provenance = {
+        **provenance,
+        "weights_sha256": file_sha256(folder / WEIGHTS_NAME),
+        "parameters": sum(t.numel() for t in state.values()),
+        "config": ghn.config,
+    }
+    (folder / PROVENANCE_NAME).write_text(json.dumps(provenance, indent=2) + "\n")
+    (folder / "README.md").write_text(card(provenance))
+    return provenance
+
+
+def read_provenance(folder: Path) -> dict:
+    """``provenance.json`` of a cached folder (``{}`` when it has none)."""
+    path = Path(folder) / PROVENANCE_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise GHNLoadError(f"{path}: unreadable ({err}); delete {folder} or download again") from err
+
+
+def verify_cached_folder(folder: Path, what: str, fix: str) -> Path:
+    """Check a cached folder's ``model.safetensors`` against its recorded sha256; returns the folder."""
+    provenance = read_provenance(folder)
+    expected, weights = provenance.get("weights_sha256"), Path(folder) / WEIGHTS_NAME
+    actual = file_sha256(weights) if weights.is_file() else "missing"
+    if not expected or actual != expected:
+        raise GHNLoadError(
+            f"{what}: the cached copy {folder} is damaged ({WEIGHTS_NAME} sha256 {actual}, recorded "
+            f"{expected or 'nothing'}). Nothing was loaded. Fix: {fix}, or delete that folder."
+        )
+    return Path(folder)
+
+
+def fetch_convert_store(
+    folder: Path,
+    *,
+    fetch: Callable[[Path], Path],
+    convert: Callable[[Path], torch.nn.Module],
+    provenance: dict,
+    card: Callable[[dict], str],
+    what: str,
+    fix: str,
+    force: bool = False,
+) -> Path:
+    """The cached, converted copy of a GHN published in another form; made once, under a file lock.
+
+    Args:
+        folder: :func:`converted_folder`, the converted copy's place.
+        fetch: downloads the published file into the given empty work folder, verifies it against
+            its pinned hash (raising :class:`GHNLoadError` on a mismatch, after deleting it) and
+            returns its path. It raises :class:`SourceUnavailable` when it cannot reach the file.
+        convert: reads the verified file (never unpickling code) into a GHN module.
+        provenance: what the card and ``provenance.json`` record about the source.
+        card: renders the model card from the completed provenance.
+        what: names the GHN and source in messages.
+        fix: how to repair a damaged cached copy (e.g. the ``download_ghn(..., force_download=True)`` call).
+        force: fetch and convert again even if a cached copy exists.
+
+    Returns:
+        the folder, verified.
+
+    Raises:
+        SourceUnavailable: offline (``HF_HUB_OFFLINE`` / ``GHNINIT_OFFLINE``) with no cached copy,
+            or ``fetch`` could not reach the file.
+        GHNLoadError: verification or conversion failed; nothing is left in the cache.
+    """
+    folder = Path(folder)
+    if folder.is_dir() and not force:
+        return verify_cached_folder(folder, what, fix)
+    if is_offline():
+        raise SourceUnavailable(
+            f"offline mode is on (HF_HUB_OFFLINE / {OFFLINE_ENV}) and the cache has no converted copy at {folder}"
+        )
+    root = folder.parent.parent
+    (root / ".locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".locks" / f"{folder.parent.name}--{folder.name}.lock")):
+        if folder.is_dir() and not force:  # another process made it while we waited for the lock
+            return verify_cached_folder(folder, what, fix)
+        (root / ".tmp").mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root / ".tmp", prefix=f"{folder.parent.name}-") as work:
+            ghn = convert(fetch(Path(work)))
+            with staged_folder(folder) as stage:
+                write_ghn_folder(ghn, stage, provenance, card)
+    return verify_cached_folder(folder, what, fix)

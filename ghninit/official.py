@@ -1,0 +1,126 @@
+"""Official checkpoints of the reference implementation, pinned by commit, path and git blob SHA-1.
+
+An :class:`OfficialFile` is a file in a GitHub repository at a fixed commit (by default the
+``checkpoints/`` folder of facebookresearch/ppuda, MIT). :meth:`OfficialFile.fetch` downloads it
+from GitHub's raw-file endpoint with ``torch.hub.download_url_to_file`` (progress bar, written to
+a temporary name and moved when complete) and checks its git blob SHA-1 before anything reads it;
+:meth:`OfficialFile.convert` reads it only with ``torch.load(weights_only=True)``. The base URL, up
+to and including the commit, can be replaced with ``GHNINIT_OFFICIAL_URL`` (a mirror, or a test
+server); the file's path in the repository is appended to it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .cache import git_blob_sha1
+from .errors import GHNLoadError, SourceUnavailable
+
+PPUDA_REPO = "facebookresearch/ppuda"
+PPUDA_COMMIT = "4673a42507a9dcd0a5ae04e74599e8c92af689b9"
+OFFICIAL_URL_ENV = "GHNINIT_OFFICIAL_URL"
+RAW_ENDPOINT = "https://raw.githubusercontent.com"
+
+
+@dataclass(frozen=True)
+class OfficialFile:
+    """A checkpoint file in a GitHub repository at a pinned commit.
+
+    Attributes:
+        path: the file's path in the repository, e.g. ``checkpoints/ghn2_imagenet.pt``.
+        blob_sha1: its git blob SHA-1 in that commit's tree; the download must hash to it.
+        repo: ``owner/name`` on GitHub.
+        commit: the pinned 40-hex commit.
+        license: the repository's license, recorded in the model card.
+    """
+
+    path: str
+    blob_sha1: str
+    repo: str = PPUDA_REPO
+    commit: str = PPUDA_COMMIT
+    license: str = "MIT"
+
+    kind = "official"
+
+    @property
+    def cache_key(self) -> str:
+        """The converted copy's folder name in the cache: changes whenever the pinned file does."""
+        return f"official-{self.blob_sha1}"
+
+    def url(self) -> str:
+        """``$GHNINIT_OFFICIAL_URL/<path>``, else GitHub's raw-file URL of the pinned commit."""
+        base = os.environ.get(OFFICIAL_URL_ENV) or f"{RAW_ENDPOINT}/{self.repo}/{self.commit}"
+        return f"{base.rstrip('/')}/{self.path}"
+
+    def describe(self) -> str:
+        """One line saying where this source is."""
+        return f"official file {self.path} of {self.repo} at commit {self.commit}, from {self.url()}"
+
+    def provenance(self) -> dict:
+        """What the model card and ``provenance.json`` record about this source."""
+        return {
+            "source": "official file",
+            "repo": f"https://github.com/{self.repo}",
+            "commit": self.commit,
+            "path": self.path,
+            "source_file": Path(self.path).name,
+            "blob_sha1": self.blob_sha1,
+            "url": self.url(),
+            "license": self.license,
+        }
+
+    def fetch(self, work: Path) -> Path:
+        """Download the file into ``work`` and check its git blob SHA-1; returns its path.
+
+        Raises:
+            SourceUnavailable: the file could not be downloaded (network, HTTP error, cut short).
+            GHNLoadError: the bytes do not hash to :attr:`blob_sha1`; the download is deleted.
+        """
+        from huggingface_hub.utils import are_progress_bars_disabled
+
+        url, dst = self.url(), Path(work) / Path(self.path).name
+        try:
+            torch.hub.download_url_to_file(url, str(dst), progress=not are_progress_bars_disabled())
+        except urllib.error.HTTPError as err:
+            raise SourceUnavailable(f"{url} answered HTTP {err.code} {err.reason}") from err
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            raise SourceUnavailable(f"downloading {url} failed ({type(err).__name__}: {err})") from err
+        actual = git_blob_sha1(dst)
+        if actual != self.blob_sha1:
+            size = dst.stat().st_size
+            dst.unlink()
+            raise GHNLoadError(
+                f"{self.path} downloaded from {url} is not the pinned file: its git blob SHA-1 is {actual} "
+                f"({size:,} bytes), expected {self.blob_sha1} ({self.repo} at commit {self.commit}). The download "
+                "was deleted; nothing was loaded or cached. Fix: retry; if it persists, the server or the mirror "
+                f"set in {OFFICIAL_URL_ENV} serves a different or damaged file."
+            )
+        return dst
+
+    def convert(self, path: Path) -> torch.nn.Module:
+        """The GHN in the verified file, read with ``torch.load(weights_only=True)`` only."""
+        from .hub import ghn_from_reference_checkpoint
+
+        return ghn_from_reference_checkpoint(path)
+
+
+def refused_type(err: BaseException) -> str | None:
+    """The type ``torch.load(weights_only=True)`` refused, from its error message (None if not said)."""
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    return match.group(1) if match else None
+
+
+def unpickler_reason(err: BaseException) -> str:
+    """The line of a ``weights_only`` error that says why (without torch's advice to unpickle anyway)."""
+    for line in str(err).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". Please use")[0]
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
