@@ -9,6 +9,7 @@ from .ghn import GHN2
 from .graph import Graph, Node, build_graph
 from .hub import GHNLoadError, load_ghn
 from .initializer import initialize
+from .postprocess import Orthogonalize, orthogonalize_
 from .report import Report
 from .trace import TraceError, register_leaf_module
 from .write import PredictionError
@@ -18,12 +19,14 @@ __all__ = [
     "GHNLoadError",
     "Graph",
     "Node",
+    "Orthogonalize",
     "PredictionError",
     "Report",
     "TraceError",
     "build_graph",
     "initialize",
     "load_ghn",
+    "orthogonalize_",
     "register_leaf_module",
 ]
 __version__ = "0.1.0"
