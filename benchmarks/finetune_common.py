@@ -45,7 +45,8 @@ from ghninit.hub import KNOWN_GHNS, SHIPPED_GHNS, download_ghn, file_sha256, shi
 from ghninit.primitives import function_rule, module_rule
 from ghninit.trace import trace
 
-INITS = ("he", "ghn")
+INITS = ("he", "ghn", "ghn-orth", "orth")
+INIT_NAMES = {"he": "He init", "ghn": "GHN init", "ghn-orth": "GHN + post-processing", "orth": "orthogonal init"}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -117,24 +118,41 @@ def he_init_(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def initialise(model: nn.Module, init: str, ghn: ghninit.GHN2 | None = None) -> ghninit.Report | None:
-    """He-initialise ``model``, then, for ``init == "ghn"``, overwrite what the GHN predicts.
+def initialise(
+    model: nn.Module,
+    init: str,
+    ghn: ghninit.GHN2 | None = None,
+    postprocess: str | ghninit.Orthogonalize = "orth-he",
+) -> ghninit.Report | None:
+    """He-initialise ``model``, then apply ``init``.
 
-    The classifier is predicted only when its number of outputs equals the GHN's number of
-    classes (``keep_classifier=None``); otherwise it stays a freshly He-initialised layer, as in
-    the paper. So the He and GHN runs of a seed differ exactly in the parameters the GHN wrote.
+    * ``"he"``: nothing more;
+    * ``"ghn"``: overwrite what the GHN predicts. The classifier is predicted only when its number
+      of outputs equals the GHN's number of classes (``keep_classifier=None``); otherwise it stays a
+      freshly He-initialised layer, as in the paper. So the He and GHN runs of a seed differ
+      exactly in the parameters the GHN wrote;
+    * ``"ghn-orth"``: as ``"ghn"``, with ``postprocess`` applied to the predicted conv/linear weights
+      (``ghninit.initialize(..., postprocess=...)``);
+    * ``"orth"``: the same post-processing applied to the He-initialised weights: random orthogonal
+      weights with the same norms, the control that separates "orthogonal" from "predicted".
 
     Returns:
-        ghninit's report for ``"ghn"``, ``None`` for ``"he"``.
+        ghninit's report for the GHN inits, ``None`` for the others.
     """
     if init not in INITS:
         raise ValueError(f"init={init!r}: expected one of {INITS}")
     he_init_(model)
     if init == "he":
         return None
+    if init == "orth":
+        config = ghninit.postprocess.resolve_postprocess(postprocess)
+        ghninit.postprocess.apply_(model, config)
+        return None
     if ghn is None:
-        raise ValueError("init='ghn' needs a GHN (--ghn NAME_OR_PATH)")
-    return ghninit.initialize(model, ghn=ghn, keep_classifier=None)
+        raise ValueError(f"init={init!r} needs a GHN (--ghn NAME_OR_PATH)")
+    return ghninit.initialize(
+        model, ghn=ghn, keep_classifier=None, postprocess=postprocess if init == "ghn-orth" else None
+    )
 
 
 def report_summary(report: ghninit.Report | None) -> dict[str, Any] | None:
@@ -146,6 +164,7 @@ def report_summary(report: ghninit.Report | None) -> dict[str, Any] | None:
         "n_params_total": report.n_params_total,
         "classifier_predicted": report.classifier_predicted,
         "skipped": sorted(report.skipped),
+        **({"postprocess": report.postprocess, "postprocessed": len(report.postprocessed)} if report.postprocess else {}),
     }
 
 
@@ -714,6 +733,8 @@ class RunStore:
 
     def path(self, arch: str, init: str, seed: int, config: dict[str, Any]) -> Path:
         tag = re.sub(r"[^\w.-]", "_", str(config["ghn"])[:12]) + "-" if config.get("ghn") else ""
+        if config.get("postprocess"):  # "<preset>: <settings>"
+            tag += re.sub(r"[^\w.-]", "_", str(config["postprocess"]).split(":")[0]) + "-"
         return self.dir / f"{arch}-{init}-{tag}seed{seed}.json"
 
     def load(self, arch: str, init: str, seed: int, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -749,11 +770,21 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def _cell(values: Sequence[float]) -> str:
+def _cell(values: Sequence[float], signed: bool = False) -> str:
     if not values:
         return "-"
     mean, std = mean_std(values)
-    return f"{mean:.2f} ± {std:.2f} (n={len(values)})" if len(values) > 1 else f"{mean:.2f} (n=1)"
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return f"{text} ± {std:.2f} (n={len(values)})" if len(values) > 1 else f"{text} (n=1)"
+
+
+def paired_differences(runs: Iterable[dict[str, Any]], arch: str, init: str, base: str = "he") -> list[float]:
+    """``final(init) - final(base)`` for every seed that has both runs of ``arch``, in seed order."""
+    finals: dict[str, dict[int, float]] = {init: {}, base: {}}
+    for r in runs:
+        if r["arch"] == arch and r["init"] in finals:
+            finals[r["init"]][r["seed"]] = r["final"]
+    return [finals[init][seed] - finals[base][seed] for seed in sorted(set(finals[init]) & set(finals[base]))]
 
 
 def summarise(runs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -796,18 +827,17 @@ def write_report(
         json.dumps({"title": title, "metric": metric, "meta": meta, "summary": summary, "runs": runs}, indent=1)
     )
 
-    names = {"he": "He init", "ghn": "GHN init"}
-    header = ["architecture"] + [names[i] for i in inits] + (["GHN - He"] if len(inits) == 2 else [])
+    paired = [i for i in inits if i != "he"] if "he" in inits else []
+    header = ["architecture"] + [INIT_NAMES[i] for i in inits] + [f"{i} - He (paired)" for i in paired]
     lines = [f"## {title}", "", f"{metric}, mean ± std over seeds (n = number of seeds).", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arch in archs:
         cells = [arch]
         for init in inits:
             cells.append(_cell(summary[arch].get(init, {}).get("values", [])))
-        if len(inits) == 2 and all(i in summary[arch] for i in inits):
-            cells.append(f"{summary[arch]['ghn']['mean'] - summary[arch]['he']['mean']:+.2f}")
-        elif len(inits) == 2:
-            cells.append("-")
+        for init in paired:
+            differences = paired_differences(runs, arch, init)
+            cells.append(_cell(differences, signed=True) if differences else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"- {key}: {value}" for key, value in meta.items()]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
@@ -824,7 +854,7 @@ def _plot(path: Path, title: str, metric: str, runs: list[dict[str, Any]], archs
 
     panels = max(len(archs), 1)
     fig, axes = plt.subplots(1, panels, figsize=(max(6.5, 4.5 * panels), 3.8), squeeze=False)
-    colours = {"he": "tab:blue", "ghn": "tab:orange"}
+    colours = {"he": "tab:blue", "ghn": "tab:orange", "ghn-orth": "tab:green", "orth": "tab:gray"}
     for ax, arch in zip(axes[0], archs):
         for init in inits:
             curves = [r["curve"] for r in runs if r["arch"] == arch and r["init"] == init]
@@ -833,7 +863,7 @@ def _plot(path: Path, title: str, metric: str, runs: list[dict[str, Any]], archs
             epochs = curves[0]["epochs"]
             stacked = torch.tensor([c["values"] for c in curves if c["epochs"] == epochs], dtype=torch.float64)
             mean = stacked.mean(0)
-            label = f"{'GHN' if init == 'ghn' else 'He'} init (n={len(stacked)})"
+            label = f"{INIT_NAMES[init]} (n={len(stacked)})"
             ax.plot(epochs, mean.tolist(), marker="o", ms=3, color=colours[init], label=label)
             if len(stacked) > 1:
                 std = stacked.std(0)
@@ -859,6 +889,7 @@ def run_all(
     ghn_info: dict[str, Any] | None,
     run: Callable[[str, str, int], dict[str, Any]],
     on_update: Callable[[list[dict[str, Any]]], Any] = lambda records: None,
+    postprocess: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or read back) every (seed, architecture, initialisation), seed by seed.
 
@@ -871,7 +902,7 @@ def run_all(
     for seed in seeds:
         for arch in archs:
             for init in inits:
-                config = json.loads(json.dumps(run_config(protocol, init, ghn_info)))
+                config = json.loads(json.dumps(run_config(protocol, init, ghn_info, postprocess)))
                 record = store.load(arch, init, seed, config)
                 if record is None:
                     record = {"arch": arch, "init": init, "seed": seed, "config": config, **run(arch, init, seed)}
@@ -899,7 +930,19 @@ def add_common_args(
         "ghninit.deepnets is missing, and is an error when named here)",
     )
     parser.add_argument(
-        "--init", nargs="+", choices=INITS, default=list(INITS), help="initialisations to compare (default: both)"
+        "--init",
+        nargs="+",
+        choices=INITS,
+        default=list(INITS),
+        help="initialisations to compare (default: all): he; ghn; ghn-orth (GHN, then --postprocess); "
+        "orth (He, then --postprocess: random orthogonal weights, the control for ghn-orth)",
+    )
+    parser.add_argument(
+        "--postprocess",
+        default="orth-he",
+        choices=sorted(ghninit.postprocess.PRESETS),
+        help="post-processing of ghn-orth and orth (ghninit.postprocess presets): orth-he (default: "
+        "orthogonalise, He's norm) or orth (the recipe of Knyazev, arXiv 2207.10049: unit singular values)",
     )
     parser.add_argument(
         "--ghn",
@@ -943,11 +986,17 @@ def progress(iterable: Iterable[Any], desc: str, total: int | None = None) -> An
     )
 
 
-def run_config(protocol: dict[str, Any], init: str, ghn_info: dict[str, Any] | None) -> dict[str, Any]:
-    """What a finished run must match to be reused: the protocol, plus the GHN's weights for GHN runs."""
-    if init != "ghn" or ghn_info is None:
-        return protocol
-    return {**protocol, "ghn": ghn_info["sha256"] or ghn_info["resolved"]}
+def run_config(
+    protocol: dict[str, Any], init: str, ghn_info: dict[str, Any] | None, postprocess: str | None = None
+) -> dict[str, Any]:
+    """What a finished run must match to be reused: the protocol, plus the GHN's weights for GHN runs
+    and the post-processing (its full settings) for ``ghn-orth`` and ``orth`` runs."""
+    config = dict(protocol)
+    if init in ("ghn", "ghn-orth") and ghn_info is not None:
+        config["ghn"] = ghn_info["sha256"] or ghn_info["resolved"]
+    if init in ("ghn-orth", "orth") and postprocess is not None:
+        config["postprocess"] = f"{postprocess}: {ghninit.postprocess.resolve_postprocess(postprocess).describe()}"
+    return config
 
 
 def run_benchmark(
@@ -977,7 +1026,8 @@ def run_benchmark(
         write_report(args.out_dir, stem, title, metric, records, meta)
 
     store = RunStore(args.out_dir, args.overwrite)
-    records = run_all(archs, args.init, args.seeds, store, protocol, ghn_info, run, report)
+    postprocess = getattr(args, "postprocess", None)
+    records = run_all(archs, args.init, args.seeds, store, protocol, ghn_info, run, report, postprocess)
     print(Path(args.out_dir, f"{stem}.md").read_text())
     return summarise(records)
 

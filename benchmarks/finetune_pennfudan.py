@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     archs = available_archs(args.archs, PAPER_ARCHS, cifar=False)
-    ghn, ghn_info = resolve_ghn(args.ghn) if "ghn" in args.init else (None, None)
+    ghn, ghn_info = resolve_ghn(args.ghn) if any(i.startswith("ghn") for i in args.init) else (None, None)
     dataset = PennFudan(find_pennfudan(args.data_dir, download=args.download))
     train_index, test_index = pennfudan_split(len(dataset))
     train_index = train_index[: args.train_limit or None]
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         start = time.time()
         torch.manual_seed(seed)
         classifier = build_classifier(arch, num_classes, cifar=False)
-        report = initialise(classifier, init, ghn)
+        report = initialise(classifier, init, ghn, args.postprocess)
         torch.manual_seed(seed)  # the same detection heads for He and GHN
         model = build_detector(
             build_detection_backbone(arch, classifier), 2, args.max_size or None, args.rois_per_image
