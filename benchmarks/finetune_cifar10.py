@@ -35,22 +35,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from finetune_common import (
-    CIFAR_ARCHS,
-    add_common_args,
-    augment,
-    available_archs,
-    build_classifier,
-    few_shot_split,
-    fill_defaults,
-    initialise,
-    load_cifar10,
-    normalize,
-    progress,
-    report_summary,
-    resolve_ghn,
-    run_benchmark,
-)
+from finetune_data import augment, few_shot_split, load_cifar10, normalize
+from finetune_init import initialise, report_summary, resolve_ghn
+from finetune_models import CIFAR_ARCHS, available_archs, build_classifier
+from finetune_runs import add_common_args, fill_defaults, progress, run_benchmark
 
 FULL = {
     "seeds": [0, 1, 2],

@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_common import CIFAR_ARCHS, build_classifier, he_init_, initialise, resolve_ghn  # noqa: E402
+from finetune_init import he_init_, initialise, resolve_ghn  # noqa: E402
+from finetune_models import CIFAR_ARCHS, build_classifier  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ghninit  # noqa: E402
