@@ -91,7 +91,7 @@ def initialise(
     model: nn.Module,
     init: str,
     ghn: ghninit.GHN2 | None = None,
-    postprocess: str | ghninit.Orthogonalize = "orth-he",
+    postprocess: str | ghninit.Orthogonalize = "orth",
 ) -> ghninit.Report | None:
     """He-initialise ``model``, then apply ``init``.
 

@@ -251,10 +251,10 @@ def add_common_args(
     )
     parser.add_argument(
         "--postprocess",
-        default="orth-he",
+        default="orth",
         choices=sorted(ghninit.postprocess.PRESETS),
-        help="post-processing of ghn-orth and orth (ghninit.postprocess presets): orth-he (default: "
-        "orthogonalise, He's norm) or orth (the recipe of Knyazev, arXiv 2207.10049: unit singular values)",
+        help="post-processing of ghn-orth and orth (ghninit.postprocess presets): orth (default: the recipe "
+        "of Knyazev, arXiv 2207.10049, unit singular values) or orth-he (He's norms, classifier included)",
     )
     parser.add_argument(
         "--ghn",

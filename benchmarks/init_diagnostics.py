@@ -10,11 +10,11 @@ of its parameters; the predicted LayerNorm weights; and the class token and posi
 (values and gradients). It explains *how* two starts differ, e.g. a start whose early layers get
 much smaller gradients learns more slowly under SGD.
 
-Starts: ``he``, ``ghn``, ``orth`` (He, then the default post-processing: random orthogonal
-weights with He's norm), and ``ghn+<preset>`` / ``ghn+<settings>`` for a GHN start post-processed
-by ``ghninit.postprocess`` (``ghn+orth`` is the recipe of Knyazev, arXiv 2207.10049;
-``ghn+orth-he`` the default; ``ghn+scale=predicted``, ``ghn+orthogonal=0,scale=he`` ... set
-:class:`ghninit.Orthogonalize` fields by name).
+Starts: ``he``, ``ghn``, and ``ghn+<post-processing>`` / ``he+<post-processing>`` for a GHN or He
+start post-processed by ``ghninit.postprocess``, where ``<post-processing>`` is a preset (``orth``,
+the recipe of Knyazev, arXiv 2207.10049 and the default; ``orth-he``) or :class:`ghninit.Orthogonalize`
+fields by name over the defaults (``ghn+scale=he``, ``ghn+orthogonal=0,scale=he``,
+``ghn+classifier_scale=he`` ...). ``he+orth`` is random orthogonal initialisation.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from finetune_models import CIFAR_ARCHS, build_classifier  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ghninit  # noqa: E402
 from ghninit.data import load_cifar10  # noqa: E402
-from ghninit.postprocess import PRESETS, Orthogonalize, resolve_postprocess  # noqa: E402
+from ghninit.postprocess import PRESETS, Orthogonalize  # noqa: E402
 
-DEFAULT_STARTS = ("he", "ghn", "orth", "ghn+orth", "ghn+orth-he")
+DEFAULT_STARTS = ("he", "ghn", "he+orth", "ghn+orth", "he+orth-he", "ghn+orth-he")
 
 
 def parse_postprocess(text: str) -> Orthogonalize:
@@ -62,15 +62,13 @@ def make_start(arch: str, start: str, ghn: ghninit.GHN2 | None, seed: int) -> nn
     model = build_classifier(arch, 10, cifar=True)
     if start in ("he", "ghn"):
         initialise(model, start, ghn)
-    elif start == "orth":
-        initialise(model, "orth", ghn, resolve_postprocess(True))
     elif start.startswith("ghn+"):
         initialise(model, "ghn-orth", ghn, parse_postprocess(start[4:]))
     elif start.startswith("he+"):
         he_init_(model)
         ghninit.postprocess.apply_(model, parse_postprocess(start[3:]))
     else:
-        raise ValueError(f"unknown start {start!r}: he, ghn, orth, ghn+<post-processing> or he+<post-processing>")
+        raise ValueError(f"unknown start {start!r}: he, ghn, ghn+<post-processing> or he+<post-processing>")
     return model
 
 

@@ -38,9 +38,10 @@ def initialize(
             ``False`` always predicts it (tiled to the model's classes).
         leaf_modules: module types not to trace into (their parameters keep their init).
         postprocess: post-process the predicted conv/linear weights before writing them (see
-            :mod:`ghninit.postprocess`): ``None`` (default, none), ``True`` or ``"orth-he"``
-            (orthogonalise, He's norm: the better start for fine-tuning in our measurements),
-            ``"orth"`` (the recipe of Knyazev, arXiv 2207.10049) or an :class:`Orthogonalize`.
+            :mod:`ghninit.postprocess`): ``None`` (default, none), ``True`` or ``"orth"`` (the recipe
+            of Knyazev, arXiv 2207.10049: orthogonalise every predicted conv/linear weight but the
+            classifier; use it before fine-tuning), ``"orth-he"`` (the same with He's norms) or an
+            :class:`Orthogonalize`.
 
     Returns:
         a :class:`Report`; ``print(report)`` summarises it.

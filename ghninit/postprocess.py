@@ -8,13 +8,12 @@ weight's own row correlations) makes them fine-tune better. The classification l
 alone. :func:`orthogonalize_` does this to any model in place; :class:`Orthogonalize` holds the
 settings and is what ``ghninit.initialize(model, ..., postprocess=...)`` takes.
 
-The report's recipe gives every weight unit singular values (``scale="orthogonal"``), which for
-the small GHNs shipped here leaves activations and gradients several times smaller than He
-initialisation's. ``scale="he"`` (the default) keeps the orthogonal directions but gives each weight
-the Frobenius norm He initialisation has in expectation (``2 * out_channels``), i.e. an orthogonal
-matrix with gain ``sqrt(2 * fan_out / min(fan_out, fan_in))``; see ``benchmarks/RESULTS.md`` for the
-measurements behind this choice. Differences from the reference code, on purpose: noise is added only
-to the layers that are orthogonalised, norm-layer parameters are never touched, and the fused
+The defaults are the report's recipe (``"orth"``: unit singular values, classifier untouched).
+``"orth-he"`` instead gives each weight the Frobenius norm He initialisation has in expectation
+(``2 * out_channels``) and the classifier He's norm; it restores He-like gradient norms before the
+first step but fine-tuned worse in our measurements (``benchmarks/RESULTS.md``), so it is an
+option, not the default. Differences from the reference code, on purpose: noise is added only to
+the layers that are orthogonalised, norm-layer parameters are never touched, and the fused
 query/key/value projection of ``nn.MultiheadAttention`` is orthogonalised as three square blocks.
 """
 
@@ -56,9 +55,9 @@ class Orthogonalize:
 
     noise: float = 3e-5
     from_layer: int = 0
-    scale: str = "he"
+    scale: str = "orthogonal"
     orthogonal: bool = True
-    classifier_scale: str | None = "he"
+    classifier_scale: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -87,14 +86,14 @@ class Orthogonalize:
 
 PRESETS = {
     "orth": Orthogonalize.reference(),
-    "orth-he": Orthogonalize(),
+    "orth-he": Orthogonalize(scale="he", classifier_scale="he"),
 }
 
 
 def resolve_postprocess(postprocess: bool | str | Orthogonalize | None) -> Orthogonalize | None:
     """``initialize``'s ``postprocess`` argument as settings: ``None``/``False`` (none), ``True``
-    (:class:`Orthogonalize` defaults), a preset name (``"orth"``: the report's recipe; ``"orth-he"``:
-    the default) or an :class:`Orthogonalize`."""
+    (:class:`Orthogonalize` defaults, the report's recipe), a preset name (``"orth"``: the same;
+    ``"orth-he"``: He's norms, see the module docstring) or an :class:`Orthogonalize`."""
     if postprocess is None or postprocess is False:
         return None
     if postprocess is True:
@@ -219,18 +218,18 @@ def orthogonalize_(
     model: nn.Module,
     noise: float = 3e-5,
     from_layer: int = 0,
-    scale: str = "he",
+    scale: str = "orthogonal",
     *,
     orthogonal: bool = True,
-    classifier_scale: str | None = "he",
+    classifier_scale: str | None = None,
     seed: int = 0,
     classifier: Iterable[str] | None = None,
 ) -> list[str]:
     """Orthogonalise ``model``'s conv/linear weights in place, as :class:`Orthogonalize` describes.
 
     Use it on a model initialised by a GHN (or any other way) right before fine-tuning; the report's
-    recipe is ``orthogonalize_(model, noise=3e-5, from_layer=L, scale="orthogonal", classifier_scale=None)``.
-    Biases, norm layers and embeddings are left alone; so is the classifier (the last conv/linear
+    recipe (the defaults) with the report's layer choice is ``orthogonalize_(model, from_layer=37)``
+    for ResNet-50. Biases, norm layers and embeddings are left alone; so is the classifier (the last conv/linear
     layer unless ``classifier`` names its parameters), but for its norm with ``classifier_scale="he"``. All new weights are computed before the first write, so
     a failure leaves the model untouched.
 

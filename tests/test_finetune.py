@@ -322,9 +322,9 @@ def test_finetune_cifar10_quick_end_to_end(tmp_path, monkeypatch):
     assert set(summary) == {"vit"} and set(summary["vit"]) == {"he", "ghn", "ghn-orth", "orth"}  # default: all
     for suffix in ("json", "md", "png"):
         assert (tmp_path / "a" / f"finetune_cifar10.{suffix}").stat().st_size > 0
-    (post,) = (tmp_path / "a" / "runs").glob("vit-ghn-orth-*-orth-he-seed0.json")
+    (post,) = (tmp_path / "a" / "runs").glob("vit-ghn-orth-*-orth-seed0.json")
     assert json.loads(post.read_text())["ghn_report"]["postprocess"].startswith("orthogonalize(")
-    assert (tmp_path / "a" / "runs" / "vit-orth-orth-he-seed0.json").is_file()
+    assert (tmp_path / "a" / "runs" / "vit-orth-orth-seed0.json").is_file()
     assert "ghn-orth - He (paired)" in (tmp_path / "a" / "finetune_cifar10.md").read_text()
     (path,) = (tmp_path / "a" / "runs").glob("vit-ghn-[0-9a-f]*-seed0.json")
     run = json.loads(path.read_text())
