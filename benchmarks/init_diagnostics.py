@@ -111,7 +111,9 @@ def diagnose(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> di
         for n, p in model.named_parameters()
         if n in ("class_token", "encoder.pos_embedding")
     }
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return {
+        "classifier_weight_norm": linears[-1].weight.norm().item() if linears else float("nan"),
         "loss": loss.item(),
         "top1": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
         "logit_std": logits.std().item(),
@@ -132,7 +134,7 @@ def table(results: dict[str, dict]) -> str:
     def row(label: str, get) -> None:
         lines.append(f"| {label} | " + " | ".join(get(results[s]) for s in starts) + " |")
 
-    for key in ("loss", "top1", "logit_std", "grad_total"):
+    for key in ("loss", "top1", "logit_std", "grad_total", "classifier_weight_norm"):
         row(key, lambda r, key=key: f"{r[key]:.3f}")
     for name in first["output_std"]:
         row(f"output std: {name}", lambda r, name=name: f"{r['output_std'][name]:.3f}")
