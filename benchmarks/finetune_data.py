@@ -13,11 +13,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from finetune_init import ghninit  # noqa: F401  (importable from a source checkout too)
 
 from ghninit.data import CIFAR10_CLASSES
@@ -97,35 +95,32 @@ def read_image(path: str | os.PathLike, mode: str | None = None) -> torch.Tensor
     return tensor.permute(2, 0, 1).contiguous() if tensor.dim() == 3 else tensor[None]
 
 
+@dataclass
 class ImageSet:
-    """Labelled 32x32 images read on demand: an ``ImageFolder`` tree or torchvision's CIFAR-10 arrays.
+    """Labelled 32x32 CIFAR-10 images in memory, read by index.
 
     Attributes:
+        images: uint8 ``(N, 3, 32, 32)``, in the folder's class-by-class, file-name order (or
+            torchvision's file order).
         labels: one class index per image.
         source: where the images come from.
     """
 
-    def __init__(self, labels: list[int], source: str, paths: list[str] | None = None, array: Any = None):
-        self.labels, self.source, self._paths, self._array = labels, source, paths, array
+    images: torch.Tensor
+    labels: list[int]
+    source: str
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def read(self, indices: Sequence[int]) -> torch.Tensor:
         """``(len(indices), 3, 32, 32)`` uint8 images."""
-        if self._array is not None:
-            return torch.from_numpy(self._array[list(indices)]).permute(0, 3, 1, 2).contiguous()
-        out = torch.empty(len(indices), 3, 32, 32, dtype=torch.uint8)
-        for row, i in enumerate(indices):
-            image = read_image(self._paths[i], "RGB")
-            if tuple(image.shape) != (3, 32, 32):
-                raise ValueError(f"{self._paths[i]}: expected a 32x32 image, got {tuple(image.shape[1:])}")
-            out[row] = image
-        return out
+        return self.images[list(indices)]
 
 
 def load_cifar10(data_dir: str | os.PathLike, train: bool, download: bool = False) -> ImageSet:
-    """The CIFAR-10 training or test set.
+    """The CIFAR-10 training or test set, decoded by :func:`ghninit.data.load_cifar10` (one reader
+    for GHN training and fine-tuning; decoded folders are cached).
 
     ``data_dir`` may hold an ``ImageFolder`` tree (``train/<class>/*``, ``test/<class>/*``, class
     folders named as torchvision's classes) or torchvision's ``cifar-10-batches-py``; with
@@ -133,21 +128,26 @@ def load_cifar10(data_dir: str | os.PathLike, train: bool, download: bool = Fals
 
     Raises:
         FileNotFoundError: naming the folder and the layouts looked for.
+        ValueError: when the class folders are not CIFAR-10's or the images are not 32x32.
     """
     root = Path(data_dir)
     folder = root / ("train" if train else "test")
     if folder.is_dir():
-        dataset = torchvision.datasets.ImageFolder(str(folder))
-        if tuple(dataset.classes) != CIFAR10_CLASSES:
-            raise ValueError(f"{folder}: class folders {dataset.classes} are not CIFAR-10's {list(CIFAR10_CLASSES)}")
-        return ImageSet(list(dataset.targets), str(folder), paths=[p for p, _ in dataset.samples])
-    if download or (root / "cifar-10-batches-py").is_dir():
-        dataset = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
-        return ImageSet(list(dataset.targets), str(root / "cifar-10-batches-py"), array=dataset.data)
-    raise FileNotFoundError(
-        f"CIFAR-10 not found in {root}: expected {folder}/<class>/*.jpg|png or {root}/cifar-10-batches-py; "
-        "pass --download to fetch it there"
-    )
+        classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        if tuple(classes) != CIFAR10_CLASSES:
+            raise ValueError(f"{folder}: class folders {classes} are not CIFAR-10's {list(CIFAR10_CLASSES)}")
+        source = str(folder)
+    elif download or (root / "cifar-10-batches-py").is_dir():
+        source = str(root / "cifar-10-batches-py")
+    else:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found in {root}: expected {folder}/<class>/*.jpg|png or {root}/cifar-10-batches-py; "
+            "pass --download to fetch it there"
+        )
+    data = ghninit.data.load_cifar10(root, train, download=download, shuffle=False)
+    if tuple(data.images.shape[1:]) != (3, 32, 32):
+        raise ValueError(f"{source}: expected 32x32 RGB images, got {tuple(data.images.shape[1:])}")
+    return ImageSet(data.images, data.labels.tolist(), source)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
