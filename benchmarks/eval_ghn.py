@@ -29,9 +29,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # finetune_common, also when imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # finetune_init, also when imported
 
-from finetune_common import he_init_  # noqa: E402
+from finetune_init import he_init_  # noqa: E402
 
 import ghninit  # noqa: E402
 from ghninit import deepnets  # noqa: E402

@@ -35,22 +35,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from finetune_common import (
-    CIFAR_ARCHS,
-    add_common_args,
-    augment,
-    available_archs,
-    build_classifier,
-    few_shot_split,
-    fill_defaults,
-    initialise,
-    load_cifar10,
-    normalize,
-    progress,
-    report_summary,
-    resolve_ghn,
-    run_benchmark,
-)
+from finetune_data import augment, few_shot_split, load_cifar10, normalize
+from finetune_init import initialise, report_summary, resolve_ghn
+from finetune_models import CIFAR_ARCHS, available_archs, build_classifier
+from finetune_runs import add_common_args, fill_defaults, progress, run_benchmark
 
 FULL = {
     "seeds": [0, 1, 2],
@@ -200,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     archs = available_archs(args.archs, CIFAR_ARCHS, cifar=True)
-    ghn, ghn_info = resolve_ghn(args.ghn) if "ghn" in args.init else (None, None)
+    ghn, ghn_info = resolve_ghn(args.ghn) if any(i.startswith("ghn") for i in args.init) else (None, None)
     train_set = load_cifar10(args.data_dir, train=True, download=args.download)
     test_set = load_cifar10(args.data_dir, train=False, download=args.download)
     if args.test_limit:
@@ -231,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def make_model(arch: str, init: str, seed: int) -> tuple[nn.Module, Any]:
         torch.manual_seed(seed)
         model = build_classifier(arch, 10, cifar=True)
-        return model, initialise(model, init, ghn)
+        return model, initialise(model, init, ghn, args.postprocess)
 
     def run(arch: str, init: str, seed: int) -> dict[str, Any]:
         start = time.time()

@@ -36,24 +36,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from finetune_common import (
-    DETECTION_ARCHS,
-    PennFudan,
-    add_common_args,
-    available_archs,
-    build_classifier,
-    build_detection_backbone,
-    build_detector,
-    fill_defaults,
-    find_pennfudan,
-    hflip,
-    initialise,
-    pennfudan_split,
-    progress,
-    report_summary,
-    resolve_ghn,
-    run_benchmark,
-)
+from finetune_data import PennFudan, find_pennfudan, hflip, pennfudan_split
+from finetune_init import initialise, report_summary, resolve_ghn
+from finetune_models import DETECTION_ARCHS, available_archs, build_classifier, build_detection_backbone, build_detector
+from finetune_runs import add_common_args, fill_defaults, progress, run_benchmark
 
 PAPER_ARCHS = ("resnet50", "vit", "darts")
 FULL = {"seeds": [0, 1, 2], "epochs": 10, "max_size": 0, "train_limit": 0, "test_limit": 0}
@@ -213,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     archs = available_archs(args.archs, PAPER_ARCHS, cifar=False)
-    ghn, ghn_info = resolve_ghn(args.ghn) if "ghn" in args.init else (None, None)
+    ghn, ghn_info = resolve_ghn(args.ghn) if any(i.startswith("ghn") for i in args.init) else (None, None)
     dataset = PennFudan(find_pennfudan(args.data_dir, download=args.download))
     train_index, test_index = pennfudan_split(len(dataset))
     train_index = train_index[: args.train_limit or None]
@@ -238,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         start = time.time()
         torch.manual_seed(seed)
         classifier = build_classifier(arch, num_classes, cifar=False)
-        report = initialise(classifier, init, ghn)
+        report = initialise(classifier, init, ghn, args.postprocess)
         torch.manual_seed(seed)  # the same detection heads for He and GHN
         model = build_detector(
             build_detection_backbone(arch, classifier), 2, args.max_size or None, args.rois_per_image

@@ -10,6 +10,7 @@ from .ghn import GHN2
 from .graph import Graph, Node, build_graph
 from .hub import GHNLoadError, download_ghn, load_ghn
 from .initializer import initialize
+from .postprocess import Orthogonalize, orthogonalize_
 from .report import Report
 from .trace import TraceError, register_leaf_module
 from .write import PredictionError
@@ -19,6 +20,7 @@ __all__ = [
     "GHNLoadError",
     "Graph",
     "Node",
+    "Orthogonalize",
     "PredictionError",
     "Report",
     "TraceError",
@@ -27,6 +29,7 @@ __all__ = [
     "initialize",
     "list_ghns",
     "load_ghn",
+    "orthogonalize_",
     "register_leaf_module",
 ]
 __version__ = "0.1.0"

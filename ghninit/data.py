@@ -75,16 +75,22 @@ class ImageTensors:
             yield self.normalize(self.images[start : start + batch_size]), self.labels[start : start + batch_size]
 
 
-def load_cifar10(root: str | os.PathLike, train: bool, download: bool = False, cache: bool = True) -> ImageTensors:
+def load_cifar10(
+    root: str | os.PathLike, train: bool, download: bool = False, cache: bool = True, shuffle: bool = True
+) -> ImageTensors:
     """CIFAR-10 as :class:`ImageTensors` from an ImageFolder copy or torchvision's download.
 
     Decoded ImageFolder copies are cached under :func:`default_cache_dir` (keyed by the folder's
-    path and file list), never written next to the data.
+    path and file list), never written next to the data. ``shuffle=False`` keeps an ImageFolder
+    copy in class-by-class, file-name order (the fine-tuning benchmarks index it so); torchvision's
+    files keep their own order either way.
     """
     root = Path(root)
     part = root / ("train" if train else "test")
     if part.is_dir():
         data = _load_image_folder(part, cache)
+        if not shuffle:
+            return data
         # Folder order is class by class; BatchNorm with test-batch statistics needs mixed batches
         # (the original CIFAR-10 files are in random order), so use one fixed random order.
         perm = torch.randperm(len(data), generator=seeded_generator(0, 0))

@@ -12,6 +12,7 @@ import torch.nn as nn
 from .ghn import GHN2
 from .graph import build_graph
 from .hub import load_ghn
+from .postprocess import Orthogonalize, plan, resolve_postprocess
 from .report import Report
 from .write import prepare, reset_batchnorm_statistics, write
 
@@ -23,6 +24,7 @@ def initialize(
     ghn: GHN2 | str | os.PathLike | None = None,
     keep_classifier: bool | None = None,
     leaf_modules: Iterable[type] = (),
+    postprocess: bool | str | Orthogonalize | None = None,
 ) -> Report:
     """Initialise ``model`` in place with parameters predicted by GHN-2.
 
@@ -35,6 +37,11 @@ def initialize(
             equals the GHN's number of classes; ``True`` always keeps the model's own classifier;
             ``False`` always predicts it (tiled to the model's classes).
         leaf_modules: module types not to trace into (their parameters keep their init).
+        postprocess: post-process the predicted conv/linear weights before writing them (see
+            :mod:`ghninit.postprocess`): ``None`` (default, none), ``True`` or ``"orth"`` (the recipe
+            of Knyazev, arXiv 2207.10049: orthogonalise every predicted conv/linear weight but the
+            classifier; use it before fine-tuning), ``"orth-he"`` (the same with He's norms) or an
+            :class:`Orthogonalize`.
 
     Returns:
         a :class:`Report`; ``print(report)`` summarises it.
@@ -43,6 +50,7 @@ def initialize(
     are reset. If anything fails, no parameter is changed.
     """
     start = time.perf_counter()
+    post = resolve_postprocess(postprocess)
     ghn, source = _resolve_ghn(ghn, dataset)
     graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1)
     t_graph = time.perf_counter()
@@ -54,6 +62,10 @@ def initialize(
         blocks = {name: block for name, (block, _) in ghn.predict_blocks(graph, predict_classifier).items()}
         t_predict = time.perf_counter()
         ready = prepare(model, blocks)
+        if post is not None:
+            classifier = [graph.nodes[i].param for i in graph.classifier if i is not None]
+            post_done = plan(model, post, values=ready, only=ready, classifier=classifier[:1] or None)
+            ready.update(post_done)
         write(model, ready)
         reset_batchnorm_statistics(model)
     end = time.perf_counter()
@@ -78,6 +90,8 @@ def initialize(
         skipped=skipped,
         classifier_predicted=predict_classifier and any(i is not None for i in graph.classifier),
         n_nodes=len(graph),
+        postprocess=post.describe() if post is not None else None,
+        postprocessed=list(post_done) if post is not None else [],
         seconds={
             "graph": t_graph - start,
             "predict": t_predict - t_graph,

@@ -18,6 +18,8 @@ class Report:
         skipped: parameter name -> why it kept the model's own initialisation.
         classifier_predicted: whether the classification layer was predicted.
         n_nodes: nodes in the GHN graph.
+        postprocess: the post-processing applied to the predicted weights, if any.
+        postprocessed: names of the parameters it changed.
         seconds: wall time per stage (``graph``, ``predict``, ``write``) and ``total``.
     """
 
@@ -30,6 +32,8 @@ class Report:
     classifier_predicted: bool = True
     n_nodes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    postprocess: str | None = None
+    postprocessed: list[str] = field(default_factory=list)
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -46,6 +50,8 @@ class Report:
             f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes",
             f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
         ]
+        if self.postprocess:
+            lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
         if self.skipped:
             lines.append(f"  kept their own initialisation ({len(self.skipped)}):")
             shown = list(self.skipped.items())

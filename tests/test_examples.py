@@ -47,7 +47,9 @@ def test_quickstart_reports_accuracy_before_training():
 def test_timm_training_loop():
     pytest.importorskip("timm")
     out = run("timm_training_loop.py", "--ghn", GHN, "--model", "resnet18", "--steps", "5")
-    assert "ResNet initialised" in out and "step   5" in out
+    assert "ResNet initialised" in out and "post-processed" in out  # the GHN start, then the post-processed one
+    last = next(line for line in out.splitlines() if line.startswith("   5  "))
+    assert len(last.split()) == 4  # step, then the loss of timm's, the GHN's and the post-processed start
 
 
 def test_quickstart_without_network_fails_clearly():

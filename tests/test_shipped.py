@@ -15,7 +15,7 @@ from conftest import REPO_DIR, SHARED_DIR, requires_shared
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
 from eval_ghn import accuracy  # noqa: E402
-from finetune_common import he_init_  # noqa: E402
+from finetune_init import he_init_  # noqa: E402
 
 import ghninit  # noqa: E402
 from ghninit import deepnets  # noqa: E402
