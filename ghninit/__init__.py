@@ -5,7 +5,7 @@
 >>> report = ghninit.initialize(model, ghn="ghn2_imagenet.safetensors")
 """
 
-from .ghn import GHN2
+from .ghn import GHN2, GHN3
 from .graph import Graph, Node, build_graph
 from .hub import GHNLoadError, load_ghn
 from .initializer import initialize
@@ -15,6 +15,7 @@ from .write import PredictionError
 
 __all__ = [
     "GHN2",
+    "GHN3",
     "GHNLoadError",
     "Graph",
     "Node",

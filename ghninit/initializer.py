@@ -9,8 +9,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from .ghn import GHN2
-from .graph import build_graph
+from .ghn import GHN2, GHN3
+from .graph import GHN2_RULES, build_graph
 from .hub import load_ghn
 from .report import Report
 from .write import prepare, reset_batchnorm_statistics, write
@@ -44,7 +44,7 @@ def initialize(
     """
     start = time.perf_counter()
     ghn, source = _resolve_ghn(ghn, dataset)
-    graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1)
+    graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES))
     t_graph = time.perf_counter()
     if keep_classifier is None:
         predict_classifier = ghn.classifier_matches(graph)
@@ -88,8 +88,8 @@ def initialize(
 
 
 def _resolve_ghn(ghn: GHN2 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2, str]:
-    if isinstance(ghn, GHN2):
-        return ghn, getattr(ghn, "source", "GHN2 instance")
+    if isinstance(ghn, GHN2 | GHN3):
+        return ghn, getattr(ghn, "source", f"{type(ghn).__name__} instance")
     if ghn is None and dataset is None:
         raise ValueError(
             "initialize() needs a GHN: pass dataset='cifar10-mini' (shipped), 'imagenet' or 'cifar10' "

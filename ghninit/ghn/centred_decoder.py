@@ -36,8 +36,6 @@ class CentredDecoder(nn.Module):
         self.fc = nn.Sequential(nn.Linear(in_features, hid[0] * size[0] * size[1]), nn.ReLU())
         self.conv = nn.Sequential(nn.Linear(hid[0], hid[1]), nn.ReLU(), nn.Linear(hid[1], channels), nn.Identity())
         self.class_layer_predictor = nn.Sequential(nn.ReLU(), nn.Linear(self.out_shape[0], num_classes))
-        rows = torch.arange(hid[0] * size[0] * size[1]).view(hid[0], *size)
-        self.register_buffer("_fc_rows", rows, persistent=False)
 
     def forward(
         self,
@@ -61,7 +59,9 @@ class CentredDecoder(nn.Module):
         rows, cols = centred_window(size[0], kernel[0]), centred_window(size[1], kernel[1])
         h, w = rows.stop - rows.start, cols.stop - cols.start
         fc = self.fc[0]
-        index = self._fc_rows[:, rows, cols].reshape(-1)
+        # rows of fc's output (hid0, S, S) inside the window
+        r = torch.arange(rows.start, rows.stop, device=x.device)[:, None] * size[1] + torch.arange(cols.start, cols.stop, device=x.device)
+        index = (torch.arange(self.hid[0], device=x.device)[:, None] * (size[0] * size[1]) + r.view(-1)).view(-1)
         y = F.relu(F.linear(x, fc.weight[index], fc.bias[index])).view(n, self.hid[0], h, w).permute(0, 2, 3, 1)
         y = self.conv[1](self.conv[0](y))
         full_out, full_in = self.out_shape[:2]

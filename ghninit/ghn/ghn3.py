@@ -291,3 +291,10 @@ class GHN3(
             elif not _is_unscaled(target):
                 block = block * weight_scale(target)
         return block, tuple(target)
+
+
+def is_ghn3_config(config: dict) -> bool:
+    """Whether a stored GHN config (ours or the reference's) describes a GHN-3."""
+    return config.get("hypernet") == "graphormer" or (
+        ("layers" in config or "heads" in config) and not config.get("is_ghn2", False)
+    )
