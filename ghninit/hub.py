@@ -204,7 +204,9 @@ def _fetch_ghn3(name: str, revision, cache_dir, force_download: bool, token) -> 
 
     entry = GHN3_WEIGHTS[name]
     try:
-        return fetch_and_convert_ghn3(name, revision=revision, hub_cache_dir=cache_dir, force=force_download, token=token)
+        return fetch_and_convert_ghn3(
+            name, revision=revision, hub_cache_dir=cache_dir, force=force_download, token=token
+        )
     except (KeyError, pickle.UnpicklingError, ValueError, RuntimeError) as err:
         raise GHNLoadError(f"could not convert GHN '{name}' ({entry.repo_id}/{entry.filename}): {err}") from err
     except Exception as err:  # huggingface_hub's errors, explained as for the other Hub GHNs

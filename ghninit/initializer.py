@@ -44,7 +44,9 @@ def initialize(
     """
     start = time.perf_counter()
     ghn, source = _resolve_ghn(ghn, dataset)
-    graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES))
+    graph = build_graph(
+        model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES)
+    )
     t_graph = time.perf_counter()
     if keep_classifier is None:
         predict_classifier = ghn.classifier_matches(graph)

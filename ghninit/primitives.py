@@ -303,7 +303,11 @@ def mean_as_pool_rule(node: fx.Node, modules: dict) -> list[NodeSpec]:
 def gate_product_rule(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     """GHN-3 (gated networks): a product with a gate activation (or a reshaped one) is ``cse``."""
     for arg in node.args[:2]:
-        if isinstance(arg, fx.Node) and arg.op in ("call_method", "call_function") and function_rule(arg.target) is None:
+        if (
+            isinstance(arg, fx.Node)
+            and arg.op in ("call_method", "call_function")
+            and function_rule(arg.target) is None
+        ):
             if not _calls(arg, modules, _GATE_MODULES, _GATE_FUNCTIONS) and arg.args:
                 arg = arg.args[0]  # one reshaping op between the gate and the product
         if _calls(arg, modules, _GATE_MODULES, _GATE_FUNCTIONS):

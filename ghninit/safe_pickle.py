@@ -64,7 +64,9 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
         raise UnsafePickleError("_rebuild_tensor_v2 with backward hooks or metadata is not a plain tensor")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, bool(requires_grad), collections.OrderedDict())
+        return torch._utils._rebuild_tensor_v2(
+            storage, offset, size, stride, bool(requires_grad), collections.OrderedDict()
+        )
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None) -> torch.Tensor:
@@ -125,6 +127,8 @@ def load_state_dict_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise UnsafePickleError(f"{path}: {err}") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
             raise UnsafePickleError(f"{path}: not a readable pickle of tensors ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise UnsafePickleError(f"{path}: expected a dict of name -> tensor, got {type(state).__name__}")
     return dict(state)

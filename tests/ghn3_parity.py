@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from conftest import LOCAL_FIXTURES, SHARED_DIR
 
-from ghninit.ghn.ghn3 import GHN3, adjacency_matrix, decoder_key
+from ghninit.ghn.ghn3 import GHN3, adjacency_matrix
 from ghninit.ghn.graphormer import structure_indices
 from ghninit.graph import Graph
 
@@ -127,14 +127,18 @@ def compare_graph(graph: Graph, ghn: GHN3, fixture: dict) -> list[str]:
     problems = []
     a, b = Counter(map(repr, ours)), Counter(map(repr, theirs))
     if a != b:
-        problems.append(f"nodes differ: only ours {list((a - b).elements())[:4]}, only reference {list((b - a).elements())[:4]}")
+        problems.append(
+            f"nodes differ: only ours {list((a - b).elements())[:4]}, only reference {list((b - a).elements())[:4]}"
+        )
     if ours[0][0] != "input":
         problems.append("node 0 is not the input")
     labels_ours, labels_ref = [r[0] for r in ours], [r[0] for r in theirs]
     ea = Counter((labels_ours[s], labels_ours[d], w) for s, d, w in graph.edges.tolist())
     eb = Counter((labels_ref[s], labels_ref[d], w) for s, d, w in fixture["edges"])
     if ea != eb:
-        problems.append(f"edges differ: only ours {list((ea - eb).elements())[:4]}, only reference {list((eb - ea).elements())[:4]}")
+        problems.append(
+            f"edges differ: only ours {list((ea - eb).elements())[:4]}, only reference {list((eb - ea).elements())[:4]}"
+        )
     return problems
 
 

@@ -109,7 +109,11 @@ def test_parity_with_reference_large(path):
 def test_recipe_regenerates_the_large_weights():
     recipe = json.loads((GHN3_DIR / "ghn3lm8_random.recipe.json").read_text())
     state = _ghn("ghn3lm8_random").state_dict()
-    problems = [p for key, ref in recipe["fingerprints"].items() for p in compare_values(key, state[key], {**ref, "shape": list(state[key].shape)})]
+    problems = [
+        p
+        for key, ref in recipe["fingerprints"].items()
+        for p in compare_values(key, state[key], {**ref, "shape": list(state[key].shape)})
+    ]
     assert not problems, problems[:5]
     assert sum(v.numel() for v in state.values()) == recipe["n_parameters"]
 
@@ -127,6 +131,8 @@ def test_parity_check_detects_a_wrong_prediction():
 
 def test_ghn2_graph_is_refused():
     ghn = _config_only({"ghn": "ghn3tm8_random"})
-    graph = ghninit.build_graph(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval())
+    graph = ghninit.build_graph(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    )
     with pytest.raises(ValueError, match="GHN-3 rules"):
         ghn.node_states(graph)

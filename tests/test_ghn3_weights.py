@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import json
 import os
 import pickle
@@ -134,7 +133,10 @@ def test_config_is_inferred_from_shapes_alone(name):
     if n_params is not None:
         assert sum(v.numel() for v in state.values()) == n_params
     # the reference also stores the graph embeddings at top level
-    moved = {(k[len("gnn.0.") :] if "embed_in" in k or "embed_out" in k or "input_dist" in k else k): v for k, v in state.items()}
+    moved = {
+        (k[len("gnn.0.") :] if "embed_in" in k or "embed_out" in k or "input_dist" in k else k): v
+        for k, v in state.items()
+    }
     assert infer_ghn3_config(moved) == inferred
 
 
@@ -164,7 +166,9 @@ def test_conversion_round_trip(tmp_path):
     assert isinstance(ghn, ghninit.GHN3) and ghn.config["layers"] == 2
     assert all(torch.equal(ghn.state_dict()[k], v) for k, v in state.items())
     direct = ghn3_from_state_dict(state).eval()
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(8, 10)
+    )
     a, b = ghn.predict(model), direct.predict(model)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -216,7 +220,7 @@ def test_fetch_and_convert_from_local_hub(tmp_path):
     assert first["type"] == "GHN3" and first["config"]["hid"] == 64 and first["config"]["layers"] == 3
     assert any(entry.filename in p for p in gets1)  # downloaded once...
     assert not any(entry.filename in p for p in gets2)  # ...then read from the cache
-    folder = (tmp_path / "hf" / "ghninit" / "converted" / "ghn3-t")
+    folder = tmp_path / "hf" / "ghninit" / "converted" / "ghn3-t"
     assert first["folder"] == str(folder) and (folder / "model.safetensors").is_file()
     source = json.loads((folder / "source.json").read_text())
     from ghninit.hub import file_sha256

@@ -60,7 +60,9 @@ class CentredDecoder(nn.Module):
         h, w = rows.stop - rows.start, cols.stop - cols.start
         fc = self.fc[0]
         # rows of fc's output (hid0, S, S) inside the window
-        r = torch.arange(rows.start, rows.stop, device=x.device)[:, None] * size[1] + torch.arange(cols.start, cols.stop, device=x.device)
+        r = torch.arange(rows.start, rows.stop, device=x.device)[:, None] * size[1] + torch.arange(
+            cols.start, cols.stop, device=x.device
+        )
         index = (torch.arange(self.hid[0], device=x.device)[:, None] * (size[0] * size[1]) + r.view(-1)).view(-1)
         y = F.relu(F.linear(x, fc.weight[index], fc.bias[index])).view(n, self.hid[0], h, w).permute(0, 2, 3, 1)
         y = self.conv[1](self.conv[0](y))
@@ -72,7 +74,9 @@ class CentredDecoder(nn.Module):
         if (n_out, n_in) == (full_out, full_in):
             y = last(y)
         else:
-            keep = (torch.arange(n_out, device=x.device)[:, None] * full_in + torch.arange(n_in, device=x.device)).view(-1)
+            keep = (torch.arange(n_out, device=x.device)[:, None] * full_in + torch.arange(n_in, device=x.device)).view(
+                -1
+            )
             y = F.linear(y, last.weight[keep], last.bias[keep])
         y = y.permute(0, 3, 1, 2).reshape(n, n_out, n_in, h, w)
         if (kernel[0] > h or kernel[1] > w) and not class_pred:

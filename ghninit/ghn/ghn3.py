@@ -190,7 +190,9 @@ class GHN3(
 
     def forward(self, graph: Graph, predict_classifier: bool = True) -> dict[str, torch.Tensor]:
         """Predict every parameter the graph covers: name -> tensor of the parameter's shape."""
-        return {name: tile(block, shape) for name, (block, shape) in self.predict_blocks(graph, predict_classifier).items()}
+        return {
+            name: tile(block, shape) for name, (block, shape) in self.predict_blocks(graph, predict_classifier).items()
+        }
 
     def decoder_groups(self, graph: Graph, predict_classifier: bool = True) -> dict[tuple[int, ...], list[int]]:
         """Node indices per :func:`decoder_key`, in node order."""
