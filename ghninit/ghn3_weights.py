@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -116,6 +117,29 @@ def ghn3_from_state_dict(state: dict[str, torch.Tensor], config: dict | None = N
         ghn = GHN3(**config)
     ghn.load_state_dict(state, strict=True, assign=True)
     return ghn
+
+
+def state_dict_from_recipe(recipe: dict) -> dict[str, torch.Tensor]:
+    """Regenerate random GHN weights from a ``*.recipe.json`` of the GHN-3 reference fixtures.
+
+    One ``torch.Generator().manual_seed(seed)``; for each key in sorted order ``z = randn(shape)``;
+    LayerNorm weights (``ln|ln1|ln2`` + ``weight``) are ``1 + 0.02 z``, other 1-D tensors
+    ``0.02 z``, others ``z / sqrt(3 * shape[1])``; returned in the recipe's key order.
+    """
+    generator = torch.Generator().manual_seed(recipe["recipe"]["seed"])
+    shapes = {key: tuple(shape) for key, shape in recipe["keys"]}
+    values = {}
+    for key in sorted(shapes):
+        shape = shapes[key]
+        z = torch.randn(shape, generator=generator, dtype=torch.float32)
+        parts = key.split(".")
+        if len(shape) == 1 and parts[-1] == "weight" and parts[-2] in ("ln", "ln1", "ln2"):
+            values[key] = 1 + 0.02 * z
+        elif len(shape) == 1:
+            values[key] = 0.02 * z
+        else:
+            values[key] = z / math.sqrt(3 * shape[1])
+    return {key: values[key] for key, _ in recipe["keys"]}
 
 
 def load_ghn3_pickle(path: str | os.PathLike) -> GHN3:

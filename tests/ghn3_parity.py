@@ -10,7 +10,6 @@ branches by networkx's topological sort, and predictions do not depend on node o
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -144,21 +143,3 @@ def compare_graph(graph: Graph, ghn: GHN3, fixture: dict) -> list[str]:
 
 def load_fixture(path: Path) -> dict:
     return json.loads(Path(path).read_text())
-
-
-def recipe_state_dict(recipe: dict) -> dict[str, torch.Tensor]:
-    """Regenerate a GHN's weights from a ``*.recipe.json`` (see the fixture README)."""
-    generator = torch.Generator().manual_seed(recipe["recipe"]["seed"])
-    shapes = {key: tuple(shape) for key, shape in recipe["keys"]}
-    values = {}
-    for key in sorted(shapes):
-        shape = shapes[key]
-        z = torch.randn(shape, generator=generator, dtype=torch.float32)
-        parts = key.split(".")
-        if len(shape) == 1 and parts[-1] == "weight" and parts[-2] in ("ln", "ln1", "ln2"):
-            values[key] = 1 + 0.02 * z
-        elif len(shape) == 1:
-            values[key] = 0.02 * z
-        else:
-            values[key] = z / math.sqrt(3 * shape[1])
-    return {key: values[key] for key, _ in recipe["keys"]}

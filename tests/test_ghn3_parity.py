@@ -22,12 +22,11 @@ from ghn3_parity import (
     fingerprint,
     ghn3_file,
     load_fixture,
-    recipe_state_dict,
 )
 from parity import build_model
 
 import ghninit
-from ghninit.ghn3_weights import ghn3_from_state_dict
+from ghninit.ghn3_weights import ghn3_from_state_dict, state_dict_from_recipe
 
 FIXTURES = sorted(GHN3_DIR.glob("*__*.json")) if GHN3_DIR.is_dir() else []
 T_FIXTURES = [p for p in FIXTURES if p.name.startswith("ghn3tm8_random__")]
@@ -40,7 +39,7 @@ def _ghn(name: str) -> ghninit.GHN3:
     if name not in _GHNS:
         if name == "ghn3lm8_random":
             recipe = json.loads((GHN3_DIR / f"{name}.recipe.json").read_text())
-            _GHNS[name] = ghn3_from_state_dict(recipe_state_dict(recipe), recipe["config"]).eval()
+            _GHNS[name] = ghn3_from_state_dict(state_dict_from_recipe(recipe), recipe["config"]).eval()
         else:
             path = ghn3_file(f"{name}.safetensors")
             if path is None:
