@@ -30,14 +30,17 @@ from torch.utils._pytree import tree_flatten
 from .primitives import (
     NORM_PRIMITIVES,
     PRIMITIVE_INDEX,
+    SOFTMAX_TARGETS,
     NodeSpec,
     function_rule,
     gate_product_rule,
+    is_detached_linear,
     is_gated_network,
     is_positional_encoding,
     is_shape_query,
     mean_as_pool_rule,
     module_rule,
+    softmax_rule,
     without_unweighted_attention,
 )
 from .trace import TraceError, trace
@@ -64,6 +67,14 @@ class GraphRules:
         flat_1x1_classifier: a 1x1-conv classifier weight is recorded 2-D.
         token_pos_enc: a ``(1, N, C)`` positional embedding is predicted, recorded as
             ``(1, C, floor(sqrt N), floor(sqrt N))``.
+        softmax_is_msa: a softmax outside an attention layer with its own rule is an ``msa``
+            node, and the other inputs of the node after it are rerouted as GHN-3 does.
+        detached_unbiased_linear: an ``nn.Linear`` without bias is a weight node fed by the input
+            node only, beside the layer's input (as autograd shows it), except the reduction of
+            torchvision's Swin patch merging, which GHN-3 rewires in line; weight nodes without
+            inputs are fed by the input node.
+        generation_order: nodes ordered by depth level (longest path from a source), as
+            networkx's topological sort orders them; the classifier is the last two nodes.
     """
 
     name: str
@@ -74,6 +85,9 @@ class GraphRules:
     pool_before_classifier: bool = False
     flat_1x1_classifier: bool = False
     token_pos_enc: bool = False
+    softmax_is_msa: bool = False
+    detached_unbiased_linear: bool = False
+    generation_order: bool = False
 
 
 GHN2_RULES = GraphRules("ghn2")
@@ -86,6 +100,9 @@ GHN3_RULES = GraphRules(
     pool_before_classifier=True,
     flat_1x1_classifier=True,
     token_pos_enc=True,
+    softmax_is_msa=True,
+    detached_unbiased_linear=True,
+    generation_order=True,
 )
 
 
@@ -294,6 +311,8 @@ class _Builder:
         if node.op == "call_module":
             module = self.modules[node.target]
             rule = module_rule(module)
+            if rule is None and self.rules.softmax_is_msa and isinstance(module, nn.Softmax):
+                rule = softmax_rule
             specs = rule(module) if rule else None
             if specs and self.rules.msa_needs_weights:
                 specs = without_unweighted_attention(specs, module, node)
@@ -302,6 +321,10 @@ class _Builder:
                 return inputs
             if any(_join(node.target, s.param) in self.node_of_param for s in specs if s.param):
                 return inputs  # a layer called again (shared weights) is described once, at its first call
+            if self.rules.detached_unbiased_linear and is_detached_linear(module, node.target, self.modules):
+                # autograd reaches this weight through a transpose, not from the layer's input: the
+                # weight is a source beside the data, both feeding the layer's consumers
+                return inputs | {self.add_chain(specs, frozenset(), node.target, node.name)}
             return frozenset([self.add_chain(specs, inputs, node.target, node.name)])
         if node.op in ("call_function", "call_method"):
             if not self.rules.shape_edges and is_shape_query(node):
@@ -316,7 +339,7 @@ class _Builder:
     def _function_rule(self, target: object):
         rule = function_rule(target)
         if rule is None:
-            return None
+            return softmax_rule if self.rules.softmax_is_msa and target in SOFTMAX_TARGETS else None
         if self.rules.mean_is_pool and rule is function_rule("mean"):
             return mean_as_pool_rule
         if self.rules.gated_cse and rule is function_rule("mul"):
@@ -434,7 +457,13 @@ def build_graph(
     real = np.array(sorted(set(builder.edges)), dtype=np.int64).reshape(-1, 2)
     if gated:  # GHN-3: in gated networks only the classifier head's global pool is a node
         nodes, real = _drop_nodes(nodes, real, [not _is_head_pool(i, nodes, real) for i in range(len(nodes))])
+    if rules.softmax_is_msa:
+        nodes, real = _reroute_attention_inputs(nodes, real)
+    if rules.detached_unbiased_linear:
+        real = _feed_weight_sources(nodes, real)
     nodes, real = _in_topological_order(nodes, real)
+    if rules.generation_order:
+        nodes, real = _in_generation_order(nodes, real)
     if rules.pool_before_classifier:
         nodes, real = _pool_before_classifier(nodes, real)
     uncovered = {
@@ -463,6 +492,22 @@ def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Nod
     return nodes, real
 
 
+def _feed_weight_sources(nodes: list[Node], real: np.ndarray) -> np.ndarray:
+    """An edge from the input (node 0) to every weight node that has no input."""
+    fed = set(real[:, 1].tolist())
+    extra = [(0, i) for i, n in enumerate(nodes) if i and i not in fed and n.param and "weight" in n.param]
+    return np.array(sorted(set(map(tuple, real.tolist())) | set(extra)), dtype=np.int64).reshape(-1, 2)
+
+
+def _in_generation_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+    """Stable reorder by longest path from a source (nodes must be in topological order)."""
+    levels = _longest_path_levels(len(nodes), real[:, 0], real[:, 1])
+    order = np.concatenate(levels) if levels else np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(nodes), dtype=np.int64)
+    rank[order] = np.arange(len(nodes))
+    return [nodes[i] for i in order], rank[real]
+
+
 def _drop_nodes(nodes: list[Node], real: np.ndarray, drop: list[bool]) -> tuple[list[Node], np.ndarray]:
     """Remove the marked nodes, joining each one's predecessors to its successors."""
     if not any(drop):
@@ -483,6 +528,47 @@ def _drop_nodes(nodes: list[Node], real: np.ndarray, drop: list[bool]) -> tuple[
     new = {old: i for i, old in enumerate(keep)}
     edges = sorted((new[s], new[d]) for s in keep for d in succ[s])
     return [nodes[i] for i in keep], np.array(edges, dtype=np.int64).reshape(-1, 2)
+
+
+def _reroute_attention_inputs(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+    """GHN-3's softmax rule: the node after an ``msa`` keeps ``msa`` as its input.
+
+    Another input ``j`` of that node loses its edge when it also reaches the node another way
+    (or when ``msa`` does not feed ``j``); a ``j`` with no other way is rewired into ``msa``.
+    ``sum``/``concat`` nodes left with one input are then dropped.
+    """
+    msa = [i for i, n in enumerate(nodes) if n.primitive == "msa"]
+    if not msa:
+        return nodes, real
+    edges = set(map(tuple, real.tolist()))
+    succ0: dict[int, set[int]] = {}
+    for s, d in edges:
+        succ0.setdefault(s, set()).add(d)
+
+    def n_paths(src: int, dst: int, cap: int = 2) -> int:  # simple paths in the DAG before rewiring, up to cap
+        memo: dict[int, int] = {}
+
+        def count(v: int) -> int:
+            if v == dst:
+                return 1
+            if v not in memo:
+                memo[v] = min(cap, sum(count(w) for w in succ0.get(v, ())))
+            return memo[v]
+
+        return count(src)
+
+    for i in msa:
+        for out in sorted(d for s, d in edges if s == i):
+            for j in sorted(s for s, d in edges if d == out and s != i):
+                paths = n_paths(j, out)
+                if paths > 1 or (i, j) not in edges:
+                    edges.discard((j, out))
+                if paths == 1 and (i, j) not in edges:
+                    edges.add((j, i))
+    real = np.array(sorted(edges), dtype=np.int64).reshape(-1, 2)
+    indegree = np.bincount(real[:, 1], minlength=len(nodes))
+    drop = [n.primitive in ("sum", "concat") and indegree[k] < 2 for k, n in enumerate(nodes)]
+    return _drop_nodes(nodes, real, drop)
 
 
 def _is_head_pool(i: int, nodes: list[Node], real: np.ndarray) -> bool:

@@ -315,6 +315,33 @@ def gate_product_rule(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     return None
 
 
+def _patch_merging_types() -> tuple[type, ...]:
+    try:
+        from torchvision.models import swin_transformer as swin
+    except ImportError:  # pragma: no cover
+        return ()
+    return tuple(getattr(swin, n) for n in ("PatchMerging", "PatchMergingV2") if hasattr(swin, n))
+
+
+def is_detached_linear(module: nn.Module, path: str, modules: dict) -> bool:
+    """GHN-3: a bias-free ``nn.Linear`` (autograd reaches its weight through a transpose, apart from its input).
+
+    The reduction of torchvision's Swin patch merging is the exception: GHN-3 rewires it in line.
+    """
+    if not isinstance(module, nn.Linear) or module.bias is not None:
+        return False
+    parent = modules.get(path.rpartition(".")[0])
+    return not isinstance(parent, _patch_merging_types())
+
+
+SOFTMAX_TARGETS = (F.softmax, torch.softmax, "softmax")
+
+
+def softmax_rule(node: object, modules: dict | None = None) -> list[NodeSpec]:
+    """GHN-3: a softmax (``F.softmax`` call or ``nn.Softmax`` layer) is the attention op ``msa``."""
+    return [NodeSpec("msa")]
+
+
 def without_unweighted_attention(specs: list[NodeSpec], module: nn.Module, node: fx.Node) -> list[NodeSpec]:
     """GHN-3: ``nn.MultiheadAttention(..., need_weights=False)`` runs fused attention, with no softmax to describe."""
     if isinstance(module, nn.MultiheadAttention):
