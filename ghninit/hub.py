@@ -30,6 +30,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -388,15 +389,19 @@ def _check_safetensors(path: Path) -> dict[str, str]:
 def _load_file(path: Path) -> GHN2:
     if path.suffix == ".safetensors":
         return _load_safetensors_file(path)
-    if path.suffix in (".pt", ".pth", ".ckpt"):
+    if path.suffix in (".pt", ".pth", ".ckpt") and zipfile.is_zipfile(path):  # torch.save's format
         return ghn_from_reference_checkpoint(path)
-    if path.suffix in (".joblib", ".pkl"):  # a published GHN-3 file: read without running its code
+    if path.suffix in (".pt", ".pth", ".ckpt", ".joblib", ".pkl"):
+        # a published GHN-3 file (a joblib pickle named .pt) is read without running its code;
+        # anything else goes to torch.load(weights_only=True)
         from .ghn3_weights import load_ghn3_pickle
 
         try:
             return load_ghn3_pickle(path)
         except (pickle.UnpicklingError, ValueError, RuntimeError) as err:
-            raise GHNLoadError(f"{path}: not loadable as a GHN-3 state dict: {err}") from err
+            if path.suffix in (".joblib", ".pkl"):
+                raise GHNLoadError(f"{path}: not loadable as a GHN-3 state dict: {err}") from err
+        return ghn_from_reference_checkpoint(path)
     raise GHNLoadError(f"{path}: expected a .safetensors file, a reference .pt checkpoint, a GHN-3 .joblib or a folder")
 
 

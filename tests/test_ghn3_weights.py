@@ -226,3 +226,15 @@ def test_fetch_and_convert_from_local_hub(tmp_path):
     from ghninit.hub import file_sha256
 
     assert source["sha256"] == file_sha256(joblib_path) and source["repo_id"] == entry.repo_id
+
+
+def test_published_file_named_pt_loads_as_ghn3(tmp_path):
+    path = tmp_path / "ghn3tm8.pt"  # the published files are joblib pickles with a .pt suffix
+    path.write_bytes(_joblib().read_bytes())
+    ghn = ghninit.load_ghn(path)
+    assert isinstance(ghn, ghninit.GHN3) and ghn.config["layers"] == 3
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(_Shell(tmp_path / "pwned"), protocol=4))
+    with pytest.raises(ghninit.GHNLoadError):
+        ghninit.load_ghn(evil)
+    assert not (tmp_path / "pwned").exists()
