@@ -11,9 +11,9 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import REPO_DIR, TESTS_DIR
 from ghn3_parity import ghn3_file
 from hub_server import HubServer
+from test_hub import _worker_env
 
 import ghninit
 from ghninit.ghn3_weights import (
@@ -176,22 +176,6 @@ def test_conversion_round_trip(tmp_path):
 # -- the Hub path, against a local server ------------------------------------------------------------
 
 
-def _env(server: HubServer, hf_home) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "GHNINIT_HUB_"))}
-    env.update(
-        HF_ENDPOINT=server.url,
-        HF_HOME=str(hf_home),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(REPO_DIR), str(TESTS_DIR), env.get("PYTHONPATH", "")]),
-    )
-    return env
-
-
 _SCRIPT = """
 import json, sys, ghninit
 from ghninit.ghn3_weights import fetch_and_convert_ghn3
@@ -209,7 +193,7 @@ def test_fetch_and_convert_from_local_hub(tmp_path):
     (repo / entry.filename).write_bytes(joblib_path.read_bytes())
     with HubServer() as server:
         server.add_commit(entry.repo_id, repo)
-        env = _env(server, tmp_path / "hf")
+        env = _worker_env(server, tmp_path / "hf", offline=False)
         runs = []
         for _ in range(2):
             server.reset()

@@ -24,6 +24,7 @@ from ..tensors import tile, weight_scale
 from .centred_decoder import CentredDecoder
 from .gnn import MLP
 from .graphormer import Graphormer
+from .model import GHN2
 from .shape_encoder import ShapeEncoder
 
 CLASS_TOKEN_STD = 0.02
@@ -165,9 +166,9 @@ class GHN3(
             "hypernet": "graphormer",
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.embed.weight.device
+    device = GHN2.device
+    embed_graph = GHN2.embed_graph
+    classifier_matches = GHN2.classifier_matches
 
     def build_graph(self, model: nn.Module, leaf_modules: Iterable[type] = ()) -> Graph:
         """The GHN-3 graph of ``model``."""
@@ -183,10 +184,6 @@ class GHN3(
         x = self.embed(graph.primitive_ids.to(self.device)) + self.shape_enc([n.shape for n in graph.nodes])
         x = self.gnn(x, adjacency_matrix(graph, self.device))
         return self.ln(x) if self.layernorm else x
-
-    def embed_graph(self, graph: Graph) -> torch.Tensor:
-        """``(hid,)`` embedding of a whole architecture: the mean of its node states."""
-        return self.node_states(graph).mean(0)
 
     def forward(self, graph: Graph, predict_classifier: bool = True) -> dict[str, torch.Tensor]:
         """Predict every parameter the graph covers: name -> tensor of the parameter's shape."""
@@ -235,12 +232,6 @@ class GHN3(
         if predict_classifier is None:
             predict_classifier = self.classifier_matches(graph)
         return self(graph, predict_classifier)
-
-    def classifier_matches(self, graph: Graph) -> bool:
-        """Whether the graph's classifier has as many outputs as the GHN has classes."""
-        weight, bias = graph.classifier
-        node = graph.nodes[weight if weight is not None else bias] if (weight, bias) != (None, None) else None
-        return node is not None and node.shape[0] == self.num_classes
 
     # -- internals ---------------------------------------------------------------------------
 
