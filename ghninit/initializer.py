@@ -20,7 +20,7 @@ def initialize(
     model: nn.Module,
     dataset: str | None = None,
     *,
-    ghn: GHN2 | str | os.PathLike | None = None,
+    ghn: GHN2 | GHN3 | str | os.PathLike | None = None,
     keep_classifier: bool | None = None,
     leaf_modules: Iterable[type] = (),
 ) -> Report:
@@ -30,7 +30,8 @@ def initialize(
         model: any ``nn.Module`` torch.fx can trace (see ``leaf_modules``).
         dataset: name of a GHN, used when ``ghn`` is None: ``"cifar10-mini"`` (shipped, no
             network) or a published one (``"imagenet"``, ``"cifar10"``, from the Hugging Face Hub).
-        ghn: a loaded :class:`GHN2`, or anything :func:`ghninit.load_ghn` accepts.
+        ghn: a loaded :class:`GHN2` or :class:`GHN3`, or anything :func:`ghninit.load_ghn` accepts
+            (e.g. "ghn3-t", a published GHN-3 file, a folder).
         keep_classifier: ``None`` (default) predicts the classifier only when its output size
             equals the GHN's number of classes; ``True`` always keeps the model's own classifier;
             ``False`` always predicts it (tiled to the model's classes).
@@ -89,7 +90,7 @@ def initialize(
     )
 
 
-def _resolve_ghn(ghn: GHN2 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2, str]:
+def _resolve_ghn(ghn: GHN2 | GHN3 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2 | GHN3, str]:
     if isinstance(ghn, GHN2 | GHN3):
         return ghn, getattr(ghn, "source", f"{type(ghn).__name__} instance")
     if ghn is None and dataset is None:
