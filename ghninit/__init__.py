@@ -6,7 +6,7 @@
 """
 
 from .catalog import list_ghns
-from .ghn import GHN2
+from .ghn import GHN2, GHN3
 from .graph import Graph, Node, build_graph
 from .hub import GHNLoadError, download_ghn, load_ghn
 from .initializer import initialize
@@ -17,6 +17,7 @@ from .write import PredictionError
 
 __all__ = [
     "GHN2",
+    "GHN3",
     "GHNLoadError",
     "Graph",
     "Node",

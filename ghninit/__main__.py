@@ -1,7 +1,9 @@
 """Command line of ghninit: ``python -m ghninit <command>``.
 
-Commands: ``list`` (every GHN that loads by name, where it comes from, whether it is cached) and
-``download NAME...`` (fill the cache now, e.g. on a connected machine for offline ones). Each
+Commands: ``list`` (every GHN that loads by name, where it comes from, whether it is cached),
+``download NAME...`` (fill the cache now, e.g. on a connected machine for offline ones) and
+``check GHN MODEL`` (predict a torchvision model with a GHN-3 and compare the L2 norm of its
+parameters with the reference's published figure). Each
 command is one entry of :data:`COMMANDS`: a function that adds its arguments to its sub-parser,
 and one that runs it; add a command by adding an entry.
 """
@@ -57,9 +59,38 @@ def _run_download(args: argparse.Namespace) -> int:
     return status
 
 
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Predict a torchvision model with a GHN-3 and compare the L2 norm of all its parameters with the figure "
+        "the reference publishes (ghn3_results.json of SamsungSAILMontreal/ghn3). Exit status 0 when they agree "
+        "within 1e-2, 1 when not."
+    )
+    parser.add_argument("ghn", help="ghn3-t or ghn3-xl (the GHNs with published figures)")
+    parser.add_argument("model", help="torchvision model name, e.g. resnet50")
+    parser.add_argument("--weights", default=None, help="use this GHN file or folder instead of downloading the GHN")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .check import check_paramnorm
+
+    try:
+        result = check_paramnorm(args.ghn, args.model, args.weights)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    print(result)
+    return 0 if result.passed else 1
+
+
 COMMANDS: list[Command] = [
     Command("list", "list the GHNs that load by name", _configure_list, _run_list),
     Command("download", "download, verify and convert known GHNs into the cache", _configure_download, _run_download),
+    Command(
+        "check",
+        "predict a torchvision model with a GHN-3 and compare its parameter norm with the published one",
+        _configure_check,
+        _run_check,
+    ),
 ]
 
 

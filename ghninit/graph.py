@@ -6,6 +6,12 @@ which case its inputs flow on to its consumers. Only what feeds the model's (fir
 kept. The resulting node order is topological with ``input`` first, so the classifier's weight and
 bias end up last. Virtual edges (GHN-2) join every pair at shortest-path distance 2..50, computed
 by dynamic programming over the DAG in topological order, without any all-pairs Python loop.
+
+The two GHN families describe some networks differently; :class:`GraphRules` names each difference
+as an option, and :data:`GHN2_RULES` / :data:`GHN3_RULES` are the two rule sets (GHN-3: pools over
+flattened means kept, squeeze-excitation products as ``cse`` in networks with sigmoid/swish gates,
+no edges through ``x.shape``, attention without weights has no ``msa`` node, the final global
+pool moved before a 1x1-conv classifier, token positional embeddings predicted).
 """
 
 from __future__ import annotations
@@ -21,10 +27,83 @@ import torch.nn as nn
 from torch import fx
 from torch.utils._pytree import tree_flatten
 
-from .primitives import NORM_PRIMITIVES, PRIMITIVE_INDEX, NodeSpec, function_rule, is_positional_encoding, module_rule
+from .primitives import (
+    NORM_PRIMITIVES,
+    PRIMITIVE_INDEX,
+    SOFTMAX_TARGETS,
+    NodeSpec,
+    function_rule,
+    gate_product_rule,
+    is_detached_linear,
+    is_gated_network,
+    is_positional_encoding,
+    is_shape_query,
+    mean_as_pool_rule,
+    module_rule,
+    softmax_rule,
+    without_unweighted_attention,
+)
 from .trace import TraceError, trace
 
 VIRTUAL_EDGE_CUTOFF = 50
+_HEAD_PREFIXES = ("classifier", "fc", "head")
+
+
+@dataclass(frozen=True)
+class GraphRules:
+    """How one GHN family describes a network: each field is one rule that differs between families.
+
+    Attributes:
+        name: ``"ghn2"`` or ``"ghn3"``.
+        shape_edges: values read from a tensor's shape (``x.shape[0]``) carry an edge (GHN-2's
+            fx description); GHN-3 follows autograd, where they do not.
+        mean_is_pool: every mean is ``glob_avg``, also one that drops the reduced dims.
+        gated_cse: in a network with a sigmoid/swish op, a product with a gate activation is
+            ``cse`` and only the global pool feeding the classifier head is kept; without such
+            an op, products are never ``cse``.
+        msa_needs_weights: ``nn.MultiheadAttention`` called with ``need_weights=False`` (fused
+            attention, no softmax) has no ``msa`` node.
+        pool_before_classifier: a global pool after the final layer moves before its weight.
+        flat_1x1_classifier: a 1x1-conv classifier weight is recorded 2-D.
+        token_pos_enc: a ``(1, N, C)`` positional embedding is predicted, recorded as
+            ``(1, C, floor(sqrt N), floor(sqrt N))``.
+        softmax_is_msa: a softmax outside an attention layer with its own rule is an ``msa``
+            node, and the other inputs of the node after it are rerouted as GHN-3 does.
+        detached_unbiased_linear: an ``nn.Linear`` without bias is a weight node fed by the input
+            node only, beside the layer's input (as autograd shows it), except the reduction of
+            torchvision's Swin patch merging, which GHN-3 rewires in line; weight nodes without
+            inputs are fed by the input node.
+        generation_order: nodes ordered by depth level (longest path from a source), as
+            networkx's topological sort orders them; the classifier is the last two nodes.
+    """
+
+    name: str
+    shape_edges: bool = True
+    mean_is_pool: bool = False
+    gated_cse: bool = False
+    msa_needs_weights: bool = False
+    pool_before_classifier: bool = False
+    flat_1x1_classifier: bool = False
+    token_pos_enc: bool = False
+    softmax_is_msa: bool = False
+    detached_unbiased_linear: bool = False
+    generation_order: bool = False
+
+
+GHN2_RULES = GraphRules("ghn2")
+GHN3_RULES = GraphRules(
+    "ghn3",
+    shape_edges=False,
+    mean_is_pool=True,
+    gated_cse=True,
+    msa_needs_weights=True,
+    pool_before_classifier=True,
+    flat_1x1_classifier=True,
+    token_pos_enc=True,
+    softmax_is_msa=True,
+    detached_unbiased_linear=True,
+    generation_order=True,
+)
 
 
 @dataclass
@@ -39,6 +118,8 @@ class Node:
         module: path of the module the node belongs to (``""`` for the root), or ``None``.
         param: full parameter name for parameter nodes, else ``None``.
         bias: for norm-layer nodes, the bias predicted together with the weight.
+        param_shape: the parameter's own shape where the rules record a different ``shape``
+            (GHN-3: a token positional embedding, a 1x1-conv classifier), else ``None``.
     """
 
     name: str
@@ -47,6 +128,12 @@ class Node:
     module: str | None = None
     param: str | None = None
     bias: str | None = None
+    param_shape: tuple[int, ...] | None = None
+
+    @property
+    def target_shape(self) -> tuple[int, ...] | None:
+        """The shape of the parameter a prediction is written to."""
+        return self.param_shape if self.param_shape is not None else self.shape
 
 
 @dataclass
@@ -58,11 +145,13 @@ class Graph:
         edges: ``(E, 3)`` int64 array of ``[src, dst, weight]``; weight 1 for real edges and the
             shortest-path distance for virtual ones.
         uncovered: parameters the graph does not describe, with the reason.
+        rules: the rule set it was built with.
     """
 
     nodes: list[Node]
     edges: np.ndarray
     uncovered: dict[str, str] = field(default_factory=dict)
+    rules: GraphRules = GHN2_RULES
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -171,8 +260,10 @@ def _with_virtual_edges(n: int, real_edges: np.ndarray, cutoff: int) -> np.ndarr
 class _Builder:
     """Turns an fx graph into GHN nodes and real edges."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, rules: GraphRules = GHN2_RULES, gated: bool = False):
         self.model = model
+        self.rules = rules
+        self.gated = gated  # the network has a sigmoid/swish op (GHN-3's gated_cse rule)
         self.modules = dict(model.named_modules())
         self.nodes: list[Node] = []
         self.edges: list[tuple[int, int]] = []
@@ -220,20 +311,40 @@ class _Builder:
         if node.op == "call_module":
             module = self.modules[node.target]
             rule = module_rule(module)
+            if rule is None and self.rules.softmax_is_msa and isinstance(module, nn.Softmax):
+                rule = softmax_rule
             specs = rule(module) if rule else None
+            if specs and self.rules.msa_needs_weights:
+                specs = without_unweighted_attention(specs, module, node)
             if not specs:
                 self._note_uncovered(node.target, module)
                 return inputs
             if any(_join(node.target, s.param) in self.node_of_param for s in specs if s.param):
                 return inputs  # a layer called again (shared weights) is described once, at its first call
+            if self.rules.detached_unbiased_linear and is_detached_linear(module, node.target, self.modules):
+                # autograd reaches this weight through a transpose, not from the layer's input: the
+                # weight is a source beside the data, both feeding the layer's consumers
+                return inputs | {self.add_chain(specs, frozenset(), node.target, node.name)}
             return frozenset([self.add_chain(specs, inputs, node.target, node.name)])
         if node.op in ("call_function", "call_method"):
-            rule = function_rule(node.target)
+            if not self.rules.shape_edges and is_shape_query(node):
+                return frozenset()
+            rule = self._function_rule(node.target)
             specs = rule(node, self.modules) if rule else None
             if not specs or len(inputs) < specs[0].min_inputs:
                 return inputs
             return frozenset([self.add_chain(specs, inputs, None, node.name)])
         return inputs
+
+    def _function_rule(self, target: object):
+        rule = function_rule(target)
+        if rule is None:
+            return softmax_rule if self.rules.softmax_is_msa and target in SOFTMAX_TARGETS else None
+        if self.rules.mean_is_pool and rule is function_rule("mean"):
+            return mean_as_pool_rule
+        if self.rules.gated_cse and rule is function_rule("mul"):
+            return gate_product_rule if self.gated else None
+        return rule
 
     def _visit_attribute(self, node: fx.Node) -> frozenset[int]:
         try:
@@ -315,20 +426,24 @@ def build_graph(
     model: nn.Module,
     leaf_modules: Iterable[type] = (),
     virtual_edge_cutoff: int = VIRTUAL_EDGE_CUTOFF,
+    rules: GraphRules = GHN2_RULES,
 ) -> Graph:
-    """Build the GHN-2 graph of ``model`` (no example input needed).
+    """Build the GHN graph of ``model`` (no example input needed).
 
     Args:
         model: any ``nn.Module`` that torch.fx can trace, given ``leaf_modules``.
         leaf_modules: extra module types to keep as leaves.
         virtual_edge_cutoff: longest shortest-path turned into a virtual edge (1 disables them).
+        rules: :data:`GHN2_RULES` (default) or :data:`GHN3_RULES`.
 
     Returns:
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
     fx_graph = trace(model, leaf_modules)
     needed = _ancestors(_first_output(fx_graph))
-    builder = _Builder(model)
+    modules = dict(model.named_modules())
+    gated = rules.gated_cse and is_gated_network((n for n in fx_graph.nodes if n in needed), modules)
+    builder = _Builder(model, rules, gated)
     outputs: dict[fx.Node, frozenset[int]] = {}
     for node in fx_graph.nodes:
         if node not in needed:
@@ -338,24 +453,142 @@ def build_graph(
 
     if not builder.nodes or builder.nodes[0].primitive != "input":
         raise TraceError(f"{type(model).__name__}: the output does not depend on the input")
-    n = len(builder.nodes)
-    real = np.array(sorted(set(builder.edges)), dtype=np.int64).reshape(-1, 2)
     nodes = builder.nodes
-    if len(real) and (real[:, 0] >= real[:, 1]).any():
-        order = _topological_order(n, real)
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n)
-        nodes = [nodes[i] for i in order]
-        real = rank[real]
+    real = np.array(sorted(set(builder.edges)), dtype=np.int64).reshape(-1, 2)
+    if gated:  # GHN-3: in gated networks only the classifier head's global pool is a node
+        nodes, real = _drop_nodes(nodes, real, [not _is_head_pool(i, nodes, real) for i in range(len(nodes))])
+    if rules.softmax_is_msa:
+        nodes, real = _reroute_attention_inputs(nodes, real)
+    if rules.detached_unbiased_linear:
+        real = _feed_weight_sources(nodes, real)
+    nodes, real = _in_topological_order(nodes, real)
+    if rules.generation_order:
+        nodes, real = _in_generation_order(nodes, real)
+    if rules.pool_before_classifier:
+        nodes, real = _pool_before_classifier(nodes, real)
     uncovered = {
         name: builder.uncovered.get(name, "not used on the path to the output through a supported op")
         for name, _ in model.named_parameters()
         if name not in builder.covered
     }
-    for node in nodes:
-        if node.primitive == "pos_enc" and node.shape is not None and len(node.shape) == 3:
+    for i, node in enumerate(nodes):
+        tokens = node.primitive == "pos_enc" and node.shape is not None and len(node.shape) == 3
+        if tokens and rules.token_pos_enc:
+            side = math.isqrt(node.shape[1])
+            node.shape, node.param_shape = (1, node.shape[2], side, side), node.shape
+        elif tokens:
             uncovered[node.param] = "token positional embedding: GHN-2 has no decoder for (1, N, C) tensors"
-    return Graph(nodes, _with_virtual_edges(n, real, virtual_edge_cutoff), uncovered)
+        elif rules.flat_1x1_classifier and i == len(nodes) - 2 and _is_param(node, 4) and max(node.shape[2:]) == 1:
+            node.shape, node.param_shape = node.shape[:2], node.shape
+    return Graph(nodes, _with_virtual_edges(len(nodes), real, virtual_edge_cutoff), uncovered, rules)
+
+
+def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+    if len(real) and (real[:, 0] >= real[:, 1]).any():
+        order = _topological_order(len(nodes), real)
+        rank = np.empty(len(nodes), dtype=np.int64)
+        rank[order] = np.arange(len(nodes))
+        return [nodes[i] for i in order], rank[real]
+    return nodes, real
+
+
+def _feed_weight_sources(nodes: list[Node], real: np.ndarray) -> np.ndarray:
+    """An edge from the input (node 0) to every weight node that has no input."""
+    fed = set(real[:, 1].tolist())
+    extra = [(0, i) for i, n in enumerate(nodes) if i and i not in fed and n.param and "weight" in n.param]
+    return np.array(sorted(set(map(tuple, real.tolist())) | set(extra)), dtype=np.int64).reshape(-1, 2)
+
+
+def _in_generation_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+    """Stable reorder by longest path from a source (nodes must be in topological order)."""
+    levels = _longest_path_levels(len(nodes), real[:, 0], real[:, 1])
+    order = np.concatenate(levels) if levels else np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(nodes), dtype=np.int64)
+    rank[order] = np.arange(len(nodes))
+    return [nodes[i] for i in order], rank[real]
+
+
+def _drop_nodes(nodes: list[Node], real: np.ndarray, drop: list[bool]) -> tuple[list[Node], np.ndarray]:
+    """Remove the marked nodes, joining each one's predecessors to its successors."""
+    if not any(drop):
+        return nodes, real
+    succ: dict[int, set[int]] = {i: set() for i in range(len(nodes))}
+    pred: dict[int, set[int]] = {i: set() for i in range(len(nodes))}
+    for s, d in real.tolist():
+        succ[s].add(d)
+        pred[d].add(s)
+    for v in (i for i, flag in enumerate(drop) if flag):
+        for p in pred[v]:
+            succ[p].discard(v)
+            succ[p] |= succ[v] - {p}
+        for d in succ[v]:
+            pred[d].discard(v)
+            pred[d] |= pred[v] - {d}
+    keep = [i for i, flag in enumerate(drop) if not flag]
+    new = {old: i for i, old in enumerate(keep)}
+    edges = sorted((new[s], new[d]) for s in keep for d in succ[s])
+    return [nodes[i] for i in keep], np.array(edges, dtype=np.int64).reshape(-1, 2)
+
+
+def _reroute_attention_inputs(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+    """GHN-3's softmax rule: the node after an ``msa`` keeps ``msa`` as its input.
+
+    Another input ``j`` of that node loses its edge when it also reaches the node another way
+    (or when ``msa`` does not feed ``j``); a ``j`` with no other way is rewired into ``msa``.
+    ``sum``/``concat`` nodes left with one input are then dropped.
+    """
+    msa = [i for i, n in enumerate(nodes) if n.primitive == "msa"]
+    if not msa:
+        return nodes, real
+    edges = set(map(tuple, real.tolist()))
+    succ0: dict[int, set[int]] = {}
+    for s, d in edges:
+        succ0.setdefault(s, set()).add(d)
+
+    def n_paths(src: int, dst: int, cap: int = 2) -> int:  # simple paths in the DAG before rewiring, up to cap
+        memo: dict[int, int] = {}
+
+        def count(v: int) -> int:
+            if v == dst:
+                return 1
+            if v not in memo:
+                memo[v] = min(cap, sum(count(w) for w in succ0.get(v, ())))
+            return memo[v]
+
+        return count(src)
+
+    for i in msa:
+        for out in sorted(d for s, d in edges if s == i):
+            for j in sorted(s for s, d in edges if d == out and s != i):
+                paths = n_paths(j, out)
+                if paths > 1 or (i, j) not in edges:
+                    edges.discard((j, out))
+                if paths == 1 and (i, j) not in edges:
+                    edges.add((j, i))
+    real = np.array(sorted(edges), dtype=np.int64).reshape(-1, 2)
+    indegree = np.bincount(real[:, 1], minlength=len(nodes))
+    drop = [n.primitive in ("sum", "concat") and indegree[k] < 2 for k, n in enumerate(nodes)]
+    return _drop_nodes(nodes, real, drop)
+
+
+def _is_head_pool(i: int, nodes: list[Node], real: np.ndarray) -> bool:
+    """Whether node ``i`` is not a global pool, or is the one feeding the classifier head (by name, as GHN-3)."""
+    if nodes[i].primitive != "glob_avg":
+        return True
+    successors = [nodes[d] for d in real[real[:, 0] == i, 1]]
+    return any(n.param is not None and n.param.startswith(_HEAD_PREFIXES) for n in successors)
+
+
+def _pool_before_classifier(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+    """``... -> W -> b -> glob_avg`` (SqueezeNet's head) becomes ``... -> glob_avg -> W -> b``.
+
+    The three nodes trade places and keep the edges of the places (the pool takes the weight's
+    inputs), as the reference GHN-3 does.
+    """
+    n = len(nodes)
+    if n < 4 or nodes[-1].primitive != "glob_avg" or nodes[-2].primitive != "bias" or not _is_param(nodes[-3], 2):
+        return nodes, real
+    return nodes[:-3] + [nodes[-1], nodes[-3], nodes[-2]], real
 
 
 def count_parameters(shapes: Iterable[tuple[int, ...]]) -> int:

@@ -31,8 +31,10 @@ import importlib.resources
 import io
 import json
 import os
+import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -54,7 +56,9 @@ from safetensors.torch import load_file
 from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_store, file_sha256, is_offline
 from .cards import render_card
 from .errors import GHNLoadError, SourceUnavailable
-from .ghn import GHN2
+from .ghn import GHN2, GHN3
+from .ghn.ghn3 import is_ghn3_config
+from .ghn3_weights import GHN3_WEIGHTS
 from .official import refused_type, unpickler_reason
 from .registry import KNOWN_GHNS, HubWeights, KnownGHN, Source, register_ghn, variant_of
 
@@ -189,6 +193,8 @@ def load_ghn(
         if revision is not None:
             raise GHNLoadError(f"'{name}' is shipped with ghninit: revision={revision!r} only applies to Hub repos")
         ghn = _load_shipped(name)
+    elif name in GHN3_WEIGHTS:  # a published GHN-3: downloaded once, converted safely to safetensors
+        ghn = _load_folder(_fetch_ghn3(name, revision, cache_dir, force_download, token))
     elif name in KNOWN_GHNS or not Path(source).exists():
         folder = download_ghn(source, revision, cache_dir=cache_dir, force_download=force_download, token=token)
         ghn = _load_folder(folder)
@@ -199,6 +205,22 @@ def load_ghn(
         ghn = _load_folder(path) if path.is_dir() else _load_file(path)
     ghn.source = name  # what reports name it by
     return ghn.to(device).eval()
+
+
+def _fetch_ghn3(name: str, revision, cache_dir, force_download: bool, token) -> Path:
+    from .ghn3_weights import fetch_and_convert_ghn3
+
+    entry = GHN3_WEIGHTS[name]
+    try:
+        return fetch_and_convert_ghn3(
+            name, revision=revision, hub_cache_dir=cache_dir, force=force_download, token=token
+        )
+    except (KeyError, pickle.UnpicklingError, ValueError, RuntimeError) as err:
+        raise GHNLoadError(f"could not convert GHN '{name}' ({entry.repo_id}/{entry.filename}): {err}") from err
+    except Exception as err:  # huggingface_hub's errors, explained as for the other Hub GHNs
+        revision = revision or entry.revision
+        tried = f"tried: repo '{entry.repo_id}' at revision '{revision}' from {constants.ENDPOINT} (HF_ENDPOINT)"
+        raise GHNLoadError(_explain(err, name, entry.repo_id, revision, entry.filename, tried)) from err
 
 
 def download_ghn(
@@ -414,7 +436,7 @@ def _load_folder(folder: Path) -> GHN2:
     try:
         # the mixin prints "Loading weights from local directory"; a library should not
         with contextlib.redirect_stdout(io.StringIO()):
-            ghn = GHN2.from_pretrained(str(folder), strict=True)
+            ghn = (GHN3 if is_ghn3_config(config) else GHN2).from_pretrained(str(folder), strict=True)
     except (TypeError, RuntimeError, ValueError, NotImplementedError, SafetensorError) as err:
         raise GHNLoadError(f"{folder}: weights do not match a GHN-2 of config {config}: {err}") from err
     return ghn
@@ -434,9 +456,20 @@ def _check_safetensors(path: Path) -> dict[str, str]:
 def _load_file(path: Path) -> GHN2:
     if path.suffix == ".safetensors":
         return _load_safetensors_file(path)
-    if path.suffix in (".pt", ".pth", ".ckpt"):
+    if path.suffix in (".pt", ".pth", ".ckpt") and zipfile.is_zipfile(path):  # torch.save's format
         return ghn_from_reference_checkpoint(path)
-    raise GHNLoadError(f"{path}: expected a .safetensors file, a reference .pt checkpoint or a folder")
+    if path.suffix in (".pt", ".pth", ".ckpt", ".joblib", ".pkl"):
+        # a published GHN-3 file (a joblib pickle named .pt) is read without running its code;
+        # anything else goes to torch.load(weights_only=True)
+        from .ghn3_weights import load_ghn3_pickle
+
+        try:
+            return load_ghn3_pickle(path)
+        except (pickle.UnpicklingError, ValueError, RuntimeError) as err:
+            if path.suffix in (".joblib", ".pkl"):
+                raise GHNLoadError(f"{path}: not loadable as a GHN-3 state dict: {err}") from err
+        return ghn_from_reference_checkpoint(path)
+    raise GHNLoadError(f"{path}: expected a .safetensors file, a reference .pt checkpoint, a GHN-3 .joblib or a folder")
 
 
 def _load_safetensors_file(path: Path) -> GHN2:
@@ -477,10 +510,10 @@ def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2:
     return _build(dict(checkpoint["config"]), checkpoint["state_dict"], path)
 
 
-def _build(config: dict, state: dict, source: object) -> GHN2:
-    config = {k: v for k, v in config.items() if k != "debug_level"}
+def _build(config: dict, state: dict, source: object) -> GHN2 | GHN3:
+    config = {k: v for k, v in config.items() if k not in ("debug_level", "pretrained")}
     try:
-        ghn = GHN2(**config)
+        ghn = (GHN3 if is_ghn3_config(config) else GHN2)(**config)
         ghn.load_state_dict(state, strict=True)
     except (TypeError, RuntimeError, ValueError, NotImplementedError) as err:
         raise GHNLoadError(f"{source}: weights do not match a GHN-2 of config {config}: {err}") from err

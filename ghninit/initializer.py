@@ -9,8 +9,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from .ghn import GHN2
-from .graph import build_graph
+from .ghn import GHN2, GHN3
+from .graph import GHN2_RULES, build_graph
 from .hub import load_ghn
 from .postprocess import Orthogonalize, plan, resolve_postprocess
 from .report import Report
@@ -21,7 +21,7 @@ def initialize(
     model: nn.Module,
     dataset: str | None = None,
     *,
-    ghn: GHN2 | str | os.PathLike | None = None,
+    ghn: GHN2 | GHN3 | str | os.PathLike | None = None,
     keep_classifier: bool | None = None,
     leaf_modules: Iterable[type] = (),
     postprocess: bool | str | Orthogonalize | None = None,
@@ -32,7 +32,8 @@ def initialize(
         model: any ``nn.Module`` torch.fx can trace (see ``leaf_modules``).
         dataset: name of a GHN, used when ``ghn`` is None: ``"cifar10-mini"`` (shipped, no
             network) or a published one (``"imagenet"``, ``"cifar10"``, from the Hugging Face Hub).
-        ghn: a loaded :class:`GHN2`, or anything :func:`ghninit.load_ghn` accepts.
+        ghn: a loaded :class:`GHN2` or :class:`GHN3`, or anything :func:`ghninit.load_ghn` accepts
+            (e.g. "ghn3-t", a published GHN-3 file, a folder).
         keep_classifier: ``None`` (default) predicts the classifier only when its output size
             equals the GHN's number of classes; ``True`` always keeps the model's own classifier;
             ``False`` always predicts it (tiled to the model's classes).
@@ -52,7 +53,9 @@ def initialize(
     start = time.perf_counter()
     post = resolve_postprocess(postprocess)
     ghn, source = _resolve_ghn(ghn, dataset)
-    graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1)
+    graph = build_graph(
+        model, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES)
+    )
     t_graph = time.perf_counter()
     if keep_classifier is None:
         predict_classifier = ghn.classifier_matches(graph)
@@ -101,9 +104,9 @@ def initialize(
     )
 
 
-def _resolve_ghn(ghn: GHN2 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2, str]:
-    if isinstance(ghn, GHN2):
-        return ghn, getattr(ghn, "source", "GHN2 instance")
+def _resolve_ghn(ghn: GHN2 | GHN3 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2 | GHN3, str]:
+    if isinstance(ghn, GHN2 | GHN3):
+        return ghn, getattr(ghn, "source", f"{type(ghn).__name__} instance")
     if ghn is None and dataset is None:
         raise ValueError(
             "initialize() needs a GHN: pass dataset='cifar10-mini' (shipped), 'imagenet' or 'cifar10' "

@@ -261,3 +261,91 @@ def _channel_gate(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
 def is_positional_encoding(param: torch.Tensor) -> bool:
     """A parameter added to activations is a positional encoding if it is (1, N, C) or (1, C, H, W)."""
     return param.dim() in (3, 4) and param.shape[0] == 1 and math.prod(param.shape[1:]) > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# GHN-3 rules (used by ghninit.graph.GHN3_RULES; GHN-2 graphs never call these)
+
+_SHAPE_METHODS = ("size", "dim", "numel")
+_SIGMOID_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Hardswish, nn.LogSigmoid)
+_SIGMOID_FUNCTIONS = (
+    torch.sigmoid, F.sigmoid, F.hardsigmoid, F.hardswish, F.logsigmoid, "sigmoid", "sigmoid_", "hardsigmoid", "hardswish",
+)  # fmt: skip
+_GATE_MODULES = (*_SIGMOID_MODULES, nn.ReLU)
+_GATE_FUNCTIONS = (*_SIGMOID_FUNCTIONS, torch.relu, F.relu, "relu", "relu_")
+
+
+def is_shape_query(node: fx.Node) -> bool:
+    """A traced read of a tensor's shape (``x.shape``, ``x.size()``): no data flows through it."""
+    if node.op == "call_method":
+        return node.target in _SHAPE_METHODS
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] == ("shape",)
+
+
+def _calls(node: object, modules: dict, module_types: tuple, functions: tuple) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), module_types)
+    return node.op in ("call_function", "call_method") and any(node.target is f or node.target == f for f in functions)
+
+
+def is_gated_network(nodes: Iterable[fx.Node], modules: dict) -> bool:
+    """Whether any of ``nodes`` is a sigmoid- or swish-type op (GHN-3 then expects squeeze-excitation gates)."""
+    return any(_calls(n, modules, _SIGMOID_MODULES, _SIGMOID_FUNCTIONS) for n in nodes)
+
+
+def mean_as_pool_rule(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    """GHN-3: every mean is global pooling, whether or not it keeps the reduced dims."""
+    return [NodeSpec("glob_avg")]
+
+
+def gate_product_rule(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
+    """GHN-3 (gated networks): a product with a gate activation (or a reshaped one) is ``cse``."""
+    for arg in node.args[:2]:
+        if (
+            isinstance(arg, fx.Node)
+            and arg.op in ("call_method", "call_function")
+            and function_rule(arg.target) is None
+        ):
+            if not _calls(arg, modules, _GATE_MODULES, _GATE_FUNCTIONS) and arg.args:
+                arg = arg.args[0]  # one reshaping op between the gate and the product
+        if _calls(arg, modules, _GATE_MODULES, _GATE_FUNCTIONS):
+            return [NodeSpec("cse", min_inputs=2)]
+    return None
+
+
+def _patch_merging_types() -> tuple[type, ...]:
+    try:
+        from torchvision.models import swin_transformer as swin
+    except ImportError:  # pragma: no cover
+        return ()
+    return tuple(getattr(swin, n) for n in ("PatchMerging", "PatchMergingV2") if hasattr(swin, n))
+
+
+def is_detached_linear(module: nn.Module, path: str, modules: dict) -> bool:
+    """GHN-3: a bias-free ``nn.Linear`` (autograd reaches its weight through a transpose, apart from its input).
+
+    The reduction of torchvision's Swin patch merging is the exception: GHN-3 rewires it in line.
+    """
+    if not isinstance(module, nn.Linear) or module.bias is not None:
+        return False
+    parent = modules.get(path.rpartition(".")[0])
+    return not isinstance(parent, _patch_merging_types())
+
+
+SOFTMAX_TARGETS = (F.softmax, torch.softmax, "softmax")
+
+
+def softmax_rule(node: object, modules: dict | None = None) -> list[NodeSpec]:
+    """GHN-3: a softmax (``F.softmax`` call or ``nn.Softmax`` layer) is the attention op ``msa``."""
+    return [NodeSpec("msa")]
+
+
+def without_unweighted_attention(specs: list[NodeSpec], module: nn.Module, node: fx.Node) -> list[NodeSpec]:
+    """GHN-3: ``nn.MultiheadAttention(..., need_weights=False)`` runs fused attention, with no softmax to describe."""
+    if isinstance(module, nn.MultiheadAttention):
+        need_weights = node.args[4] if len(node.args) > 4 else node.kwargs.get("need_weights", True)
+        if need_weights is False:
+            return [s for s in specs if s.primitive != "msa"]
+    return specs

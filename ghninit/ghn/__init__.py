@@ -1,5 +1,6 @@
-"""The GHN-2 hypernetwork: shape encoder, gated graph network, decoders and the model itself."""
+"""The hypernetworks: GHN-2 (gated graph network) and GHN-3 (Graphormer), on shared shape encoder and decoders."""
 
+from .ghn3 import GHN3
 from .model import GHN2
 
-__all__ = ["GHN2"]
+__all__ = ["GHN2", "GHN3"]
