@@ -11,6 +11,7 @@ from .hub import GHNLoadError, load_ghn
 from .initializer import initialize
 from .report import Report
 from .trace import TraceError, register_leaf_module
+from .wrapped import ShardedModelError
 from .write import PredictionError
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "Node",
     "PredictionError",
     "Report",
+    "ShardedModelError",
     "TraceError",
     "build_graph",
     "initialize",

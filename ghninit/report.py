@@ -19,6 +19,11 @@ class Report:
         classifier_predicted: whether the classification layer was predicted.
         n_nodes: nodes in the GHN graph.
         seconds: wall time per stage (``graph``, ``predict``, ``write``) and ``total``.
+        shared: for a tied parameter (one tensor under several names), the name it was predicted
+            under (its first use in graph order) -> its other names.
+        wrappers: wrappers that were looked through (``OptimizedModule``, ``DataParallel``...),
+            outermost first; parameter names are those of the module inside.
+        materialized_on: the device a meta-device model was allocated on, or ``None``.
     """
 
     model: str
@@ -30,6 +35,9 @@ class Report:
     classifier_predicted: bool = True
     n_nodes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    shared: dict[str, list[str]] = field(default_factory=dict)
+    wrappers: list[str] = field(default_factory=list)
+    materialized_on: str | None = None
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -46,6 +54,12 @@ class Report:
             f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes",
             f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
         ]
+        if self.wrappers:
+            lines.append(f"  inside {' > '.join(self.wrappers)}: the wrapped module was initialised")
+        if self.materialized_on:
+            lines.append(f"  materialised from the meta device on {self.materialized_on}")
+        for name, others in self.shared.items():
+            lines.append(f"  tied: {name} predicted once, shared with {', '.join(others)}")
         if self.skipped:
             lines.append(f"  kept their own initialisation ({len(self.skipped)}):")
             shown = list(self.skipped.items())
