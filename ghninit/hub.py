@@ -49,6 +49,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from .ghn import GHN2
+from .ghn.config import check_safetensors_header, check_state_shapes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -344,6 +345,7 @@ def _load_folder(folder: Path) -> GHN2:
     if not isinstance(config, dict):
         raise GHNLoadError(f"{folder / CONFIG_NAME}: expected a JSON object of GHN2 arguments, got {config!r}")
     _check_safetensors(folder / WEIGHTS_NAME)
+    check_safetensors_header(folder / WEIGHTS_NAME, config, folder)  # before from_pretrained allocates
     try:
         # the mixin prints "Loading weights from local directory"; a library should not
         with contextlib.redirect_stdout(io.StringIO()):
@@ -383,6 +385,7 @@ def _load_safetensors_file(path: Path) -> GHN2:
             f"{path}: safetensors metadata has no 'config' key and there is no {CONFIG_NAME} beside it; "
             "save GHNs with ghninit (GHN2.save_pretrained)"
         )
+    check_safetensors_header(path, config)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -408,7 +411,7 @@ def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2:
 
 
 def _build(config: dict, state: dict, source: object) -> GHN2:
-    config = {k: v for k, v in config.items() if k != "debug_level"}
+    config = check_state_shapes(config, state, source)
     try:
         ghn = GHN2(**config)
         ghn.load_state_dict(state, strict=True)
