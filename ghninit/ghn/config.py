@@ -108,18 +108,18 @@ def _compare(expected: Mapping[str, tuple], found: Mapping[str, tuple], config: 
         if name not in found:
             _fail(
                 f"{source}: tensor '{name}' (shape {shape}) of a GHN-2 with config {dict(config)} is missing from "
-                "the weights; the config and the weights do not belong together"
+                "the weights; the weights do not match the config"
             )
         if tuple(found[name]) != shape:
             _fail(
                 f"{source}: tensor '{name}' has shape {tuple(found[name])} in the weights, but a GHN-2 with "
-                f"config {dict(config)} needs {shape}; the config and the weights do not belong together"
+                f"config {dict(config)} needs {shape}; the weights do not match the config"
             )
     extra = [name for name in found if name not in expected]
     if extra:
         _fail(
             f"{source}: the weights hold tensor(s) a GHN-2 with config {dict(config)} does not have: "
-            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"
+            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}; the weights do not match the config"
         )
 
 
