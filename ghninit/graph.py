@@ -203,7 +203,7 @@ class _Builder:
                 if param is not None:
                     self.node_of_param[self.key(param)] = idx
                     self.covered.add(self.key(param))
-                    bias = _join(module_path, "bias")
+                    bias = param[: -len("weight")] + "bias" if param.endswith("weight") else _join(module_path, "bias")
                     if spec.primitive in NORM_PRIMITIVES and self._is_parameter(bias):
                         node.bias = bias  # the norm bias is predicted with its weight
                         self.covered.add(self.key(bias))
@@ -259,8 +259,10 @@ class _Builder:
         return frozenset()
 
     def _note_uncovered(self, path: str, module: nn.Module) -> None:
-        for name, _ in module.named_parameters(recurse=False):
-            self.uncovered.setdefault(_join(path, name), f"{type(module).__name__} has no GHN rule")
+        kind = type(module).__name__
+        for name, _ in module.named_parameters():  # a leaf's sub-layers are not in the graph either
+            why = f"{kind} has no GHN rule" if "." not in name else f"inside {kind}, a leaf without a GHN rule"
+            self.uncovered.setdefault(_join(path, name), why)
 
 
 def _join(prefix: str | None, name: str) -> str:

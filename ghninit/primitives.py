@@ -261,3 +261,30 @@ def _channel_gate(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
 def is_positional_encoding(param: torch.Tensor) -> bool:
     """A parameter added to activations is a positional encoding if it is (1, N, C) or (1, C, H, W)."""
     return param.dim() in (3, 4) and param.shape[0] == 1 and math.prod(param.shape[1:]) > 1
+
+
+def _parameter_of(node: object, modules: dict) -> tuple[str, torch.Tensor] | None:
+    """``(name, parameter)`` when ``node`` reads a parameter of the model (an fx ``get_attr``)."""
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return None
+    path, _, attr = node.target.rpartition(".")
+    owner = modules.get(path)
+    param = getattr(owner, attr, None) if owner is not None else None
+    return (node.target, param) if isinstance(param, nn.Parameter) else None
+
+
+@register_function(F.linear, F.conv2d)
+def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
+    # A layer that uses its weight functionally (BEiT's attention: F.linear(x, self.qkv.weight,
+    # bias=torch.cat(...))) is the same layer as a module call; a computed bias is not a node.
+    weight = _parameter_of(_arg(node, 1, "weight"), modules)
+    if weight is None or weight[1].dim() < 2:
+        return None
+    primitive = "conv"
+    if node.target is F.conv2d and _arg(node, 6, "groups", 1) != 1:
+        primitive = "dil_conv" if max(_pair(_arg(node, 5, "dilation", 1))) > 1 else "sep_conv"
+    specs = [NodeSpec(primitive, weight[0], tuple(weight[1].shape))]
+    bias = _parameter_of(_arg(node, 2, "bias"), modules)
+    if bias is not None:
+        specs.append(NodeSpec("bias", bias[0], tuple(bias[1].shape)))
+    return specs
