@@ -288,3 +288,14 @@ def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     if bias is not None:
         specs.append(NodeSpec("bias", bias[0], tuple(bias[1].shape)))
     return specs
+
+
+@register_module(nn.RNNBase)
+def _recurrent(module: nn.RNNBase) -> list[NodeSpec]:
+    # GHN-2 has no recurrent primitive; each gate matrix is a linear map, described as `conv` (as
+    # nn.Linear is) and each bias as `bias`, layer by layer in the module's own order. An
+    # approximation: the recurrence itself is not in the graph.
+    nodes = []
+    for name, param in module.named_parameters(recurse=False):
+        nodes.append(NodeSpec("conv" if param.dim() >= 2 else "bias", name, tuple(param.shape)))
+    return nodes

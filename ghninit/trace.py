@@ -9,6 +9,7 @@ error names the module and suggests the fix, in the spirit of
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Iterable
@@ -111,6 +112,25 @@ class LeafTracer(fx.Tracer):
             self._path_stack.pop()
 
 
+def _default_arguments(model: nn.Module) -> dict[str, object] | None:
+    """Optional forward arguments with simple defaults, fixed as a plain ``model(x)`` call gives them.
+
+    Without this, fx turns ``mask=None`` into a placeholder and ``if mask is None: x = head(x)``
+    takes the wrong branch (timm's Hiera loses its classifier).
+    """
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return None
+    simple = (type(None), bool, int, float, str)
+    fixed = {
+        p.name: p.default
+        for p in params[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and isinstance(p.default, simple)
+    }
+    return fixed or None
+
+
 def _has_no_exact_rule(module: nn.Module) -> bool:
     from .timm_rules import sublayer_chain  # only reached when timm is in use
 
@@ -137,7 +157,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = ()) -> fx.Graph:
     """
     tracer = LeafTracer(leaf_modules)
     try:
-        return tracer.trace(model)
+        return tracer.trace(model, concrete_args=_default_arguments(model))
     except Exception as err:
         where = tracer.failed_module
         if where:
