@@ -80,3 +80,38 @@ def test_user_leaf_modules_stay_leaves_even_for_timm_notrace_types():
     called = lambda graph: {n.target for n in graph.nodes if n.op == "call_module"}  # noqa: E731
     assert "stages.0.0" not in called(trace(model)) and "stages.0.0.conv1" in called(trace(model))
     assert "stages.0.0" in called(trace(model, [NormFreeBlock]))
+
+
+def test_recurrent_layers_are_predicted(ghn):
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3)
+            self.lstm = nn.LSTM(16, 8, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(16, 1000)
+
+        def forward(self, x):
+            x = self.conv(x).flatten(2).transpose(1, 2)
+            x, _ = self.lstm(x)
+            return self.fc(x.mean(1))
+
+    model = Recurrent()
+    report = ghninit.initialize(model, ghn=ghn)
+    assert report.fraction_predicted == 1.0 and "lstm.weight_hh_l0_reverse" in report.predicted
+    assert torch.isfinite(model(torch.randn(2, 3, 8, 8))).all()
+
+
+def test_optional_forward_arguments_take_their_defaults(ghn):
+    class MaskedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 1000)
+
+        def forward(self, x, mask=None, pre_logits: bool = False):
+            x = self.conv(x).mean((2, 3))
+            if mask is None and not pre_logits:
+                x = self.fc(x)
+            return x
+
+    report = ghninit.initialize(MaskedHead(), ghn=ghn)
+    assert report.fraction_predicted == 1.0 and report.classifier_predicted
