@@ -122,12 +122,13 @@ def _weight_and_bias(primitive: str, weight: torch.Tensor, bias: torch.Tensor | 
     return nodes
 
 
-@register_module(nn.Conv2d, nn.Linear)
+@register_module(nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 def _conv_or_linear(module: nn.Module) -> list[NodeSpec] | None:
+    # A transposed convolution's weight is (in, out / groups, k, k): a kernel all the same.
     if module.weight is None:
         return None
     primitive = "conv"
-    if isinstance(module, nn.Conv2d) and module.groups > 1:
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.groups > 1:
         primitive = "dil_conv" if min(module.dilation) > 1 else "sep_conv"
     return _weight_and_bias(primitive, module.weight, module.bias)
 

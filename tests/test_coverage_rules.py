@@ -115,3 +115,15 @@ def test_optional_forward_arguments_take_their_defaults(ghn):
 
     report = ghninit.initialize(MaskedHead(), ghn=ghn)
     assert report.fraction_predicted == 1.0 and report.classifier_predicted
+
+
+def test_transposed_convolutions_are_predicted(ghn):
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.ConvTranspose2d(8, 4, 2, stride=2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 1000),
+    )
+    report = ghninit.initialize(model, ghn=ghn)
+    assert report.fraction_predicted == 1.0 and "1.weight" in report.predicted
