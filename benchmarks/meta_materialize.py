@@ -76,7 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("normal", "meta"):
             runs = []
             for _ in range(args.repeats):
-                cmd = [sys.executable, __file__, "--ghn", args.ghn, "--threads", str(args.threads), "--child", name, mode]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--ghn",
+                    args.ghn,
+                    "--threads",
+                    str(args.threads),
+                    "--child",
+                    name,
+                    mode,
+                ]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 runs.append(json.loads(out.strip().splitlines()[-1]))
             row = dict(runs[0])
