@@ -4,6 +4,15 @@ Writes a markdown table (model, graph nodes, % of parameters predicted, seconds)
 A model that fails is listed with its error, and the script exits non-zero at the end.
 
     python benchmarks/coverage.py --ghn ../shared/fixtures/ghn2_reference/ghn2_imagenet_random.safetensors
+
+``--all-timm`` goes through every architecture of ``timm.list_models()`` instead: each is built on
+the meta device (no memory, no initialisation, so giants cost nothing), turned into a graph and
+predicted without writing (the predictions are checked as ``initialize`` checks them). It writes
+``benchmarks/coverage_timm.md``: failures grouped by cause, the share of parameters predicted,
+and for every architecture under 90% what its unpredicted parameters are. ``--limit N`` takes an
+evenly spaced sample of N architectures (a quick run); the full run is long (about an hour here).
+
+    python benchmarks/coverage.py --ghn ../shared/fixtures/ghn2_reference/ghn2_imagenet_random.safetensors --all-timm
 """
 
 from __future__ import annotations
@@ -62,6 +71,123 @@ def measure(name: str, build, ghn: ghninit.GHN2) -> dict:
         return {"model": name, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
 
 
+def _cause(model: torch.nn.Module, name: str, reason: str) -> str:
+    """Why a parameter was not predicted, with the type of the module that owns it."""
+    owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    kind = type(owner).__name__
+    return reason if kind in reason else f"{reason} [{kind}.{name.rpartition('.')[2]}]"
+
+
+def measure_meta(name: str, ghn: ghninit.GHN2) -> dict:
+    """Build a timm model on the meta device, graph it and predict without writing; never raises."""
+    import timm
+
+    from ghninit.write import prepare
+
+    row: dict = {"model": name, "error": None}
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = timm.create_model(name, pretrained=False)
+    except Exception as err:  # the table reports failures instead of stopping
+        row.update(error=f"build: {type(err).__name__}: {_first_line(err)}", seconds=time.perf_counter() - start)
+        return row
+    try:
+        graph = ghninit.build_graph(model, virtual_edge_cutoff=50 if ghn.ve else 1)
+        with torch.no_grad():  # the classifier too, whatever its classes: initialize(keep_classifier=False)
+            blocks = {k: b for k, (b, _) in ghn.predict_blocks(graph, True).items()}
+        ready = prepare(model, blocks, torch.device("cpu"))
+    except Exception as err:
+        row.update(error=f"{type(err).__name__}: {_first_line(err)}", seconds=time.perf_counter() - start)
+        return row
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    predicted = {id(tensors[k]) for k in ready}
+    causes: dict[str, int] = {}
+    for pname, p in model.named_parameters():
+        if id(p) not in predicted:
+            reason = graph.uncovered.get(pname, "not predicted by this GHN (classifier or tensor rank)")
+            cause = _cause(model, pname, reason)
+            causes[cause] = causes.get(cause, 0) + p.numel()
+    total = sum(p.numel() for p in model.parameters())
+    row.update(
+        nodes=len(graph),
+        params=total,
+        percent_predicted=100 * sum(tensors[k].numel() for k in ready) / max(total, 1),
+        causes=dict(sorted(causes.items(), key=lambda kv: -kv[1])[:3]),
+        seconds=time.perf_counter() - start,
+    )
+    return row
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else "")[:240]
+
+
+def all_timm_report(rows: list[dict], command: str) -> str:
+    """Markdown: totals, failures grouped by cause, and every architecture under 90% with its causes."""
+    import re
+
+    import timm
+
+    ok = [r for r in rows if r["error"] is None]
+    failed = [r for r in rows if r["error"]]
+    under90 = sorted((r for r in ok if r["percent_predicted"] < 90), key=lambda r: r["percent_predicted"])
+    under50 = [r for r in under90 if r["percent_predicted"] < 50]
+    mean = sum(r["percent_predicted"] for r in ok) / max(len(ok), 1)
+    lines = [
+        "# Coverage of every timm architecture",
+        "",
+        f"Made by `{command}` (timm {timm.__version__}, torch {torch.__version__}): each architecture built on "
+        "the meta device, graphed and predicted without writing (the predictions checked as `initialize` checks "
+        "them), the classifier included whatever its number of classes (as with `keep_classifier=False`). "
+        "Parameters shared by several names count once.",
+        "",
+        f"- architectures: {len(rows)}; through: {len(ok)}; failed: {len(failed)}",
+        f"- mean share of parameters predicted: {mean:.1f}%; under 90%: {len(under90)}; under 50%: {len(under50)}",
+        "",
+        "## Failures by cause",
+        "",
+    ]
+    groups: dict[str, list[str]] = {}
+    for r in failed:
+        key = re.sub(r"'[^']*'", "'...'", r["error"])[:160]  # module paths and names differ per model
+        groups.setdefault(key, []).append(r["model"])
+    if not groups:
+        lines.append("None.")
+    for key, models in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"- {len(models)}: `{key}` ({', '.join(models[:8])}{' ...' if len(models) > 8 else ''})")
+    lines += [
+        "",
+        "## Architectures with under 90% of their parameters predicted",
+        "",
+        "| model | params (M) | % predicted | largest unpredicted causes (% of the model's parameters) |",
+        "|---|---:|---:|---|",
+    ]
+    for r in under90:
+        causes = "; ".join(f"{c} ({100 * n / r['params']:.1f})" for c, n in r["causes"].items())
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f} | {r['percent_predicted']:.1f} | {causes} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_all_timm(ghn: ghninit.GHN2, limit: int | None, out: Path, command: str) -> int:
+    import timm
+
+    names = timm.list_models()
+    if limit:
+        step = max(len(names) / limit, 1)
+        names = [names[int(i * step)] for i in range(min(limit, len(names)))]
+    rows = []
+    for name in tqdm(names, desc="timm (meta)"):
+        rows.append(measure_meta(name, ghn))
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))  # partial results survive a kill
+    text = all_timm_report(rows, command)
+    out.write_text(text)
+    print(text)
+    return 1 if any(r["error"] for r in rows) else 0
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | nodes | % params predicted | seconds |", "|---|---:|---:|---:|"]
     for r in rows:
@@ -78,9 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", choices=["torchvision", "timm", "all"], default="all")
     parser.add_argument("--models", nargs="*", help="only these model names")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/coverage.md"), help="markdown output")
+    parser.add_argument("--all-timm", action="store_true", help="every timm.list_models() architecture, on meta")
+    parser.add_argument("--limit", type=int, help="with --all-timm: an evenly spaced sample of this many")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     ghn = ghninit.load_ghn(args.ghn)
+    if args.all_timm:
+        out = args.out if args.out != Path("benchmarks/coverage.md") else Path("benchmarks/coverage_timm.md")
+        command = "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        return run_all_timm(ghn, args.limit, out, command)
     sections = []
     if args.source in ("torchvision", "all"):
         names = args.models or torchvision.models.list_models(module=torchvision.models)

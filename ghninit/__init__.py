@@ -13,6 +13,7 @@ from .initializer import initialize
 from .postprocess import Orthogonalize, orthogonalize_
 from .report import Report
 from .trace import TraceError, register_leaf_module
+from .wrapped import ShardedModelError
 from .write import PredictionError
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Orthogonalize",
     "PredictionError",
     "Report",
+    "ShardedModelError",
     "TraceError",
     "build_graph",
     "download_ghn",

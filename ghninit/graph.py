@@ -267,29 +267,37 @@ class _Builder:
         self.modules = dict(model.named_modules())
         self.nodes: list[Node] = []
         self.edges: list[tuple[int, int]] = []
-        self.node_of_param: dict[str, int] = {}
-        self.covered: set[str] = set()
+        # Parameters are keyed by identity, so that tied weights (one tensor under several names)
+        # become one node, named as at their first use in graph order.
+        self.tensors = dict(model.named_parameters(remove_duplicate=False))
+        self.node_of_param: dict[object, int] = {}
+        self.covered: set[object] = set()
         self.uncovered: dict[str, str] = {}
+
+    def key(self, name: str) -> object:
+        """What identifies a parameter: its tensor (shared names share it), else its name."""
+        tensor = self.tensors.get(name)
+        return id(tensor) if tensor is not None else name
 
     def add_chain(self, specs: list[NodeSpec], sources: frozenset[int], module_path: str | None, label: str) -> int:
         """Add a chain of nodes fed by ``sources``; return the index of the chain's last node."""
         prev: Iterable[int] = sources
         for spec in specs:
             param = _join(module_path, spec.param) if spec.param else None
-            if param is not None and param in self.node_of_param:  # weights shared across modules: one node
-                idx = self.node_of_param[param]
+            if param is not None and self.key(param) in self.node_of_param:  # weights shared: one node
+                idx = self.node_of_param[self.key(param)]
             else:
                 idx = len(self.nodes)
                 name = param if param is not None else f"{spec.primitive}:{label}"
                 node = Node(name, spec.primitive, spec.shape, module_path, param)
                 self.nodes.append(node)
                 if param is not None:
-                    self.node_of_param[param] = idx
-                    self.covered.add(param)
-                    bias = _join(module_path, "bias")
+                    self.node_of_param[self.key(param)] = idx
+                    self.covered.add(self.key(param))
+                    bias = param[: -len("weight")] + "bias" if param.endswith("weight") else _join(module_path, "bias")
                     if spec.primitive in NORM_PRIMITIVES and self._is_parameter(bias):
                         node.bias = bias  # the norm bias is predicted with its weight
-                        self.covered.add(bias)
+                        self.covered.add(self.key(bias))
             self.edges.extend((p, idx) for p in prev if p != idx)
             prev = (idx,)
         return idx
@@ -319,8 +327,11 @@ class _Builder:
             if not specs:
                 self._note_uncovered(node.target, module)
                 return inputs
-            if any(_join(node.target, s.param) in self.node_of_param for s in specs if s.param):
+            shared = [s for s in specs if s.param and self.key(_join(node.target, s.param)) in self.node_of_param]
+            if shared and len(shared) == sum(1 for s in specs if s.param):
                 return inputs  # a layer called again (shared weights) is described once, at its first call
+            # A layer with some tied weights (b.weight = a.weight): its own tensors get nodes here.
+            specs = [s for s in specs if s not in shared]
             if self.rules.detached_unbiased_linear and is_detached_linear(module, node.target, self.modules):
                 # autograd reaches this weight through a transpose, not from the layer's input: the
                 # weight is a source beside the data, both feeding the layer's consumers
@@ -359,8 +370,10 @@ class _Builder:
         return frozenset()
 
     def _note_uncovered(self, path: str, module: nn.Module) -> None:
-        for name, _ in module.named_parameters(recurse=False):
-            self.uncovered.setdefault(_join(path, name), f"{type(module).__name__} has no GHN rule")
+        kind = type(module).__name__
+        for name, _ in module.named_parameters():  # a leaf's sub-layers are not in the graph either
+            why = f"{kind} has no GHN rule" if "." not in name else f"inside {kind}, a leaf without a GHN rule"
+            self.uncovered.setdefault(_join(path, name), why)
 
 
 def _join(prefix: str | None, name: str) -> str:
@@ -468,8 +481,8 @@ def build_graph(
         nodes, real = _pool_before_classifier(nodes, real)
     uncovered = {
         name: builder.uncovered.get(name, "not used on the path to the output through a supported op")
-        for name, _ in model.named_parameters()
-        if name not in builder.covered
+        for name, p in model.named_parameters()
+        if id(p) not in builder.covered
     }
     for i, node in enumerate(nodes):
         tokens = node.primitive == "pos_enc" and node.shape is not None and len(node.shape) == 3

@@ -57,6 +57,7 @@ from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_stor
 from .cards import render_card
 from .errors import GHNLoadError, SourceUnavailable
 from .ghn import GHN2, GHN3
+from .ghn.config import check_safetensors_header, check_state_shapes
 from .ghn.ghn3 import is_ghn3_config
 from .ghn3_weights import GHN3_WEIGHTS
 from .official import refused_type, unpickler_reason
@@ -433,6 +434,7 @@ def _load_folder(folder: Path) -> GHN2:
     if not isinstance(config, dict):
         raise GHNLoadError(f"{folder / CONFIG_NAME}: expected a JSON object of GHN2 arguments, got {config!r}")
     _check_safetensors(folder / WEIGHTS_NAME)
+    check_safetensors_header(folder / WEIGHTS_NAME, config, folder)  # before from_pretrained allocates
     try:
         # the mixin prints "Loading weights from local directory"; a library should not
         with contextlib.redirect_stdout(io.StringIO()):
@@ -483,6 +485,7 @@ def _load_safetensors_file(path: Path) -> GHN2:
             f"{path}: safetensors metadata has no 'config' key and there is no {CONFIG_NAME} beside it; "
             "save GHNs with ghninit (GHN2.save_pretrained)"
         )
+    check_safetensors_header(path, config)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -511,7 +514,7 @@ def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2:
 
 
 def _build(config: dict, state: dict, source: object) -> GHN2 | GHN3:
-    config = {k: v for k, v in config.items() if k not in ("debug_level", "pretrained")}
+    config = check_state_shapes(config, state, source)
     try:
         ghn = (GHN3 if is_ghn3_config(config) else GHN2)(**config)
         ghn.load_state_dict(state, strict=True)

@@ -122,12 +122,13 @@ def _weight_and_bias(primitive: str, weight: torch.Tensor, bias: torch.Tensor | 
     return nodes
 
 
-@register_module(nn.Conv2d, nn.Linear)
+@register_module(nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 def _conv_or_linear(module: nn.Module) -> list[NodeSpec] | None:
+    # A transposed convolution's weight is (in, out / groups, k, k): a kernel all the same.
     if module.weight is None:
         return None
     primitive = "conv"
-    if isinstance(module, nn.Conv2d) and module.groups > 1:
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.groups > 1:
         primitive = "dil_conv" if min(module.dilation) > 1 else "sep_conv"
     return _weight_and_bias(primitive, module.weight, module.bias)
 
@@ -349,3 +350,41 @@ def without_unweighted_attention(specs: list[NodeSpec], module: nn.Module, node:
         if need_weights is False:
             return [s for s in specs if s.primitive != "msa"]
     return specs
+
+
+def _parameter_of(node: object, modules: dict) -> tuple[str, torch.Tensor] | None:
+    """``(name, parameter)`` when ``node`` reads a parameter of the model (an fx ``get_attr``)."""
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return None
+    path, _, attr = node.target.rpartition(".")
+    owner = modules.get(path)
+    param = getattr(owner, attr, None) if owner is not None else None
+    return (node.target, param) if isinstance(param, nn.Parameter) else None
+
+
+@register_function(F.linear, F.conv2d)
+def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
+    # A layer that uses its weight functionally (BEiT's attention: F.linear(x, self.qkv.weight,
+    # bias=torch.cat(...))) is the same layer as a module call; a computed bias is not a node.
+    weight = _parameter_of(_arg(node, 1, "weight"), modules)
+    if weight is None or weight[1].dim() < 2:
+        return None
+    primitive = "conv"
+    if node.target is F.conv2d and _arg(node, 6, "groups", 1) != 1:
+        primitive = "dil_conv" if max(_pair(_arg(node, 5, "dilation", 1))) > 1 else "sep_conv"
+    specs = [NodeSpec(primitive, weight[0], tuple(weight[1].shape))]
+    bias = _parameter_of(_arg(node, 2, "bias"), modules)
+    if bias is not None:
+        specs.append(NodeSpec("bias", bias[0], tuple(bias[1].shape)))
+    return specs
+
+
+@register_module(nn.RNNBase)
+def _recurrent(module: nn.RNNBase) -> list[NodeSpec]:
+    # GHN-2 has no recurrent primitive; each gate matrix is a linear map, described as `conv` (as
+    # nn.Linear is) and each bias as `bias`, layer by layer in the module's own order. An
+    # approximation: the recurrence itself is not in the graph.
+    nodes = []
+    for name, param in module.named_parameters(recurse=False):
+        nodes.append(NodeSpec("conv" if param.dim() >= 2 else "bias", name, tuple(param.shape)))
+    return nodes

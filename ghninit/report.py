@@ -21,6 +21,11 @@ class Report:
         postprocess: the post-processing applied to the predicted weights, if any.
         postprocessed: names of the parameters it changed.
         seconds: wall time per stage (``graph``, ``predict``, ``write``) and ``total``.
+        shared: for a tied parameter (one tensor under several names), the name it was predicted
+            under (its first use in graph order) -> its other names.
+        wrappers: wrappers that were looked through (``OptimizedModule``, ``DataParallel``...),
+            outermost first; parameter names are those of the module inside.
+        materialized_on: the device a meta-device model was allocated on, or ``None``.
     """
 
     model: str
@@ -34,6 +39,9 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     postprocess: str | None = None
     postprocessed: list[str] = field(default_factory=list)
+    shared: dict[str, list[str]] = field(default_factory=dict)
+    wrappers: list[str] = field(default_factory=list)
+    materialized_on: str | None = None
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -52,6 +60,12 @@ class Report:
         ]
         if self.postprocess:
             lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
+        if self.wrappers:
+            lines.append(f"  inside {' > '.join(self.wrappers)}: the wrapped module was initialised")
+        if self.materialized_on:
+            lines.append(f"  materialised from the meta device on {self.materialized_on}")
+        for name, others in self.shared.items():
+            lines.append(f"  tied: {name} predicted once, shared with {', '.join(others)}")
         if self.skipped:
             lines.append(f"  kept their own initialisation ({len(self.skipped)}):")
             shown = list(self.skipped.items())

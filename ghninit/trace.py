@@ -9,6 +9,7 @@ error names the module and suggests the fix, in the spirit of
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 import torch.nn as nn
 from torch import fx
 
-from .primitives import registered_module_types
+from .primitives import module_rule, registered_module_types
 
 _LEAF_TYPES: list[type] = []
 
@@ -58,9 +59,11 @@ def _timm_notrace() -> tuple[tuple[type, ...], tuple]:
         from timm.models._features_fx import get_notrace_functions, get_notrace_modules
     except ImportError:  # pragma: no cover - older timm
         return (), ()
-    from . import timm_rules  # noqa: F401  (registers rules for some of timm's leaf modules)
+    from . import timm_rules  # registers rules for some of timm's leaf modules
 
-    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
+    modules = tuple(get_notrace_modules())
+    timm_rules.register_sublayer_chains(modules)
+    return modules, tuple(get_notrace_functions())
 
 
 class LeafTracer(fx.Tracer):
@@ -69,12 +72,25 @@ class LeafTracer(fx.Tracer):
     def __init__(self, leaf_modules: Iterable[type] = ()):
         timm_modules, timm_functions = _timm_notrace()
         super().__init__(autowrap_modules=_default_autowrap_modules(), autowrap_functions=timm_functions)
-        self.leaf_types = registered_module_types() + tuple(_LEAF_TYPES) + tuple(leaf_modules) + timm_modules
+        self.user_leaf_modules = tuple(leaf_modules)
+        self.forced_leaf_types = tuple(_LEAF_TYPES) + self.user_leaf_modules
+        self.leaf_types = registered_module_types()
+        self.notrace_types = timm_modules
         self.childless_leaf_types = _torchvision_op_types()
         self._path_stack: list[str] = []
+        self._traceable: dict[int, bool] = {}
         self.failed_module: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, self.forced_leaf_types):
+            return True
+        if self.notrace_types and isinstance(m, self.notrace_types) and _has_no_exact_rule(m):
+            # timm marks some modules as not traceable for its feature extraction, which runs the
+            # traced graph (e.g. an in-place mul_ that fx would drop). Building a GHN graph only
+            # needs the structure, so trace into them when fx can trace the module on its own.
+            if id(m) not in self._traceable:
+                self._traceable[id(m)] = _traces_alone(m, self.user_leaf_modules)
+            return not self._traceable[id(m)]
         if isinstance(m, self.leaf_types):
             return True
         if isinstance(m, self.childless_leaf_types):
@@ -96,6 +112,39 @@ class LeafTracer(fx.Tracer):
             self._path_stack.pop()
 
 
+def _default_arguments(model: nn.Module) -> dict[str, object] | None:
+    """Optional forward arguments with simple defaults, fixed as a plain ``model(x)`` call gives them.
+
+    Without this, fx turns ``mask=None`` into a placeholder and ``if mask is None: x = head(x)``
+    takes the wrong branch (timm's Hiera loses its classifier).
+    """
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return None
+    simple = (type(None), bool, int, float, str)
+    fixed = {
+        p.name: p.default
+        for p in params[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and isinstance(p.default, simple)
+    }
+    return fixed or None
+
+
+def _has_no_exact_rule(module: nn.Module) -> bool:
+    from .timm_rules import sublayer_chain  # only reached when timm is in use
+
+    return module_rule(module) in (None, sublayer_chain)
+
+
+def _traces_alone(module: nn.Module, leaf_modules: tuple[type, ...]) -> bool:
+    try:
+        LeafTracer(leaf_modules).trace(module)
+    except Exception:  # any failure means: keep it as a leaf
+        return False
+    return True
+
+
 def trace(model: nn.Module, leaf_modules: Iterable[type] = ()) -> fx.Graph:
     """Trace ``model`` into an fx graph without running it.
 
@@ -108,7 +157,7 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = ()) -> fx.Graph:
     """
     tracer = LeafTracer(leaf_modules)
     try:
-        return tracer.trace(model)
+        return tracer.trace(model, concrete_args=_default_arguments(model))
     except Exception as err:
         where = tracer.failed_module
         if where:

@@ -19,33 +19,48 @@ class PredictionError(ValueError):
     """A predicted tensor cannot be written; the model was left untouched."""
 
 
-def prepare(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def prepare(
+    model: nn.Module, blocks: Mapping[str, torch.Tensor], device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
     """Validate predicted blocks against ``model`` and convert them; raises :class:`PredictionError`.
 
     A block is the parameter itself or a smaller tensor that tiles into it (see
-    :func:`ghninit.tensors.tile`).
+    :func:`ghninit.tensors.tile`). Any name of a parameter counts, tied names included, but one
+    tensor may be predicted only once. Blocks go to ``device`` if given (a model about to be
+    materialised from the meta device), else to their parameter's device, in its dtype.
     """
-    params = dict(model.named_parameters())
-    ready = {}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    ready: dict[str, torch.Tensor] = {}
+    written: dict[int, str] = {}
     for name, value in blocks.items():
         if name not in params:
             raise PredictionError(f"predicted tensor '{name}' is not a parameter of {type(model).__name__}")
         target = params[name]
+        if id(target) in written:
+            raise PredictionError(
+                f"'{name}' and '{written[id(target)]}' are one tied parameter and were predicted twice"
+            )
+        written[id(target)] = name
         if not tiles_into(value.shape, target.shape):
             raise PredictionError(
                 f"predicted tensor for '{name}' has shape {tuple(value.shape)}, which does not tile into "
                 f"the parameter's {tuple(target.shape)}"
             )
-        if not torch.isfinite(value.sum()):  # NaN and inf propagate into the sum: one pass
-            raise PredictionError(f"predicted tensor for '{name}' has NaN or infinite values; check the GHN weights")
-        ready[name] = value.detach().to(device=target.device, dtype=target.dtype)
+        value = value.detach().to(device=device or target.device, dtype=target.dtype)
+        # NaN and inf propagate into the sum: one pass, after the cast (which can overflow in float16),
+        # summed in at least float32 so that a long float16 sum cannot overflow by itself.
+        if not torch.isfinite(value.sum(dtype=torch.promote_types(value.dtype, torch.float32))):
+            raise PredictionError(
+                f"predicted tensor for '{name}' has NaN or infinite values (in {target.dtype}); check the GHN weights"
+            )
+        ready[name] = value
     return ready
 
 
 @torch.no_grad()
 def write(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> None:
     """Write prepared blocks into the model's parameters in place, tiling them to shape."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))
     for name, value in blocks.items():
         write_tiled(params[name], value)
 
