@@ -33,12 +33,25 @@ def training_summary(run_dir: Path, last: int = 50) -> dict:
     return {
         "steps": int(rows[-1]["step"]) + 1,
         "epochs": float(rows[-1]["epoch"]),
-        "cpu_minutes": float(rows[-1]["cpu_minutes"]),
+        "cpu_minutes": round(_final_cpu_minutes(run_dir, float(rows[-1]["cpu_minutes"])), 2),
         "final_lr": float(rows[-1]["lr"]),
         f"batch_loss_last_{len(tail)}": round(sum(float(r["loss"]) for r in tail) / len(tail), 4),
         f"batch_top1_last_{len(tail)}": round(sum(float(r["top1"]) for r in tail) / len(tail), 2),
         "train_config": json.loads((run_dir / "train_config.json").read_text()),
     }
+
+
+def _final_cpu_minutes(run_dir: Path, logged: float) -> float:
+    """CPU time of the whole run as the last checkpoint counts it (prefetch workers included), else ``logged``.
+
+    The log's per-step figure leaves out the prefetch workers, which are counted once they exit.
+    """
+    import torch
+
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        return logged
+    return max(logged, float(torch.load(ckpt, map_location="cpu", weights_only=True).get("cpu_minutes", logged)))
 
 
 def eval_summary(path: Path) -> dict:
@@ -64,6 +77,7 @@ def ship(
     baseline: Path | None = None,
     command: str = "",
     out_dir: Path = PACKAGE_WEIGHTS,
+    note: str = "",
 ) -> Path:
     """Copy the run's final GHN into the package and write its card; returns the card's path."""
     from ghninit.hub import SHIPPED_GHNS, file_sha256, load_ghn
@@ -83,7 +97,7 @@ def ship(
         "sha256": file_sha256(target),
         "config": ghn.config,
         "parameters": sum(p.numel() for p in ghn.parameters()),
-        "trained": {"command": command, **training_summary(run_dir)},
+        "trained": {"command": command, **({"note": note} if note else {}), **training_summary(run_dir)},
         "evaluation": eval_summary(evaluation) if evaluation else None,
         "baseline": eval_summary(baseline) if baseline else None,
     }
@@ -104,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs 1.5 --max-cpu-minutes 150 --threads 1 --checkpoint-minutes 10",
         help="training command to record in the card",
     )
+    parser.add_argument("--note", default="", help="how the run went, in words (e.g. where it started from)")
     parser.add_argument(
         "--out-dir", type=Path, default=PACKAGE_WEIGHTS, help=f"where to write (default: {PACKAGE_WEIGHTS})"
     )
     args = parser.parse_args(argv)
-    card = ship(args.run_dir, args.name, args.eval, args.baseline, args.command, args.out_dir)
+    card = ship(args.run_dir, args.name, args.eval, args.baseline, args.command, args.out_dir, args.note)
     print(f"wrote {card.with_suffix('.safetensors')} and {card}")
     return 0
 
