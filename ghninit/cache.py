@@ -189,7 +189,7 @@ def fetch_convert_store(
             returns its path. It raises :class:`SourceUnavailable` when it cannot reach the file.
         convert: reads the verified file (never unpickling code) into a GHN module.
         provenance: what the card and ``provenance.json`` record about the source (the sha256 of the
-            fetched file is added as ``source_sha256``).
+            fetched file, when it is a file, is added as ``source_sha256``).
         card: renders the model card from the completed provenance.
         what: names the GHN and source in messages.
         fix: how to repair a damaged cached copy (e.g. the ``download_ghn(..., force_download=True)`` call).
@@ -219,6 +219,8 @@ def fetch_convert_store(
         with tempfile.TemporaryDirectory(dir=root / ".tmp", prefix=f"{folder.parent.name}-") as work:
             fetched = fetch(Path(work))
             ghn = convert(fetched)
+            if fetched.is_file():  # what was converted, exactly
+                provenance = {**provenance, "source_sha256": file_sha256(fetched)}
             with staged_folder(folder) as stage:
-                write_ghn_folder(ghn, stage, {**provenance, "source_sha256": file_sha256(fetched)}, card)
+                write_ghn_folder(ghn, stage, provenance, card)
     return verify_cached_folder(folder, what, fix)
