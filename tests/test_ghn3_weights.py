@@ -266,8 +266,9 @@ for name, revision in json.loads(sys.argv[1]):
         try:
             ghn = ghninit.load_ghn(name, revision)
             folder = ghninit.download_ghn(name, revision)
+            row = next(r for r in ghninit.list_ghns() if r["name"] == name) if name.startswith("ghn3") else None
             answer = {"ok": True, "type": type(ghn).__name__, "config": ghn.config, "digest": state_digest(ghn),
-                      "folder": str(folder)}
+                      "folder": str(folder), "row": row}
         except ghninit.GHNLoadError as err:
             answer = {"ok": False, "type": type(err).__name__, "message": str(err)}
     answers.append({**answer, "warnings": [str(w.message) for w in caught if "listed as" in str(w.message)]})
@@ -323,12 +324,16 @@ def test_ghn3_t_by_name_downloads_from_the_hub_once_then_loads_from_the_cache(tm
                        "GHN-2 on ImageNet: 1.1", "architecture variant (from the checkpoint's config) | GHN-3-T"):  # fmt: skip
             assert needle in card, needle
         assert not list((cache / ".tmp").iterdir()), "the downloaded joblib file is not kept"
+        assert (cache / ".locks" / "ghn3-t--hub-main.lock").exists(), "the shared cache's file lock was taken"
 
         # 2. load_ghn / download_ghn by name: from the cache, no request at all, no variant warning
         server.reset()
         (answer,) = _run(env, ("ghn3-t", None))
         assert answer["ok"] and answer["type"] == "GHN3" and answer["digest"] == expected, answer
         assert answer["folder"] == str(folder) and answer["warnings"] == []
+        row = answer["row"]
+        assert row["cached"] and row["location"] == str(folder) and not row["parameters_expected"]
+        assert row["parameters"] == provenance["parameters"] == PUBLISHED["ghn3-t"][4] and row["size_mb"] > 0
         assert server.requests == [], "a cached GHN-3 needs no request"
 
         # 3. HF_HUB_OFFLINE=1 with that cache works too
