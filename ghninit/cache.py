@@ -188,7 +188,8 @@ def fetch_convert_store(
             its pinned hash (raising :class:`GHNLoadError` on a mismatch, after deleting it) and
             returns its path. It raises :class:`SourceUnavailable` when it cannot reach the file.
         convert: reads the verified file (never unpickling code) into a GHN module.
-        provenance: what the card and ``provenance.json`` record about the source.
+        provenance: what the card and ``provenance.json`` record about the source (the sha256 of the
+            fetched file, when it is a file, is added as ``source_sha256``).
         card: renders the model card from the completed provenance.
         what: names the GHN and source in messages.
         fix: how to repair a damaged cached copy (e.g. the ``download_ghn(..., force_download=True)`` call).
@@ -216,7 +217,10 @@ def fetch_convert_store(
             return verify_cached_folder(folder, what, fix)
         (root / ".tmp").mkdir(exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root / ".tmp", prefix=f"{folder.parent.name}-") as work:
-            ghn = convert(fetch(Path(work)))
+            fetched = fetch(Path(work))
+            ghn = convert(fetched)
+            if fetched.is_file():  # what was converted, exactly
+                provenance = {**provenance, "source_sha256": file_sha256(fetched)}
             with staged_folder(folder) as stage:
                 write_ghn_folder(ghn, stage, provenance, card)
     return verify_cached_folder(folder, what, fix)

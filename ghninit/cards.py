@@ -24,6 +24,10 @@ _LABELS = {
     "blob_sha1": "git blob SHA-1 of the file (checked before reading it)",
     "url": "downloaded from",
     "source_sha256": "sha256 of the source file",
+    "revision": "revision",
+    "sha256_pinned": "pinned sha256 of the source file (checked before reading it)",
+    "license_source": "license file",
+    "paper": "paper",
     "epoch": "training epoch recorded in the checkpoint",
     "weights_sha256": "sha256 of `model.safetensors`",
     "parameters": "parameters",
@@ -56,17 +60,24 @@ def render_card(entry: KnownGHN, provenance: dict, note: str = "") -> str:
     )
     published = entry.published
     accuracy = (
-        f"As published by the authors ({published.where}), not re-measured here: {dataset.metric} of networks "
-        "whose parameters are all predicted by this GHN, without any training; batch-norm statistics are "
-        "computed on the evaluation data.\n\n"
+        f"As published by the authors ({published.where}), not re-measured here: "
+        f"{published.metric or dataset.metric} of networks whose parameters are all predicted by this GHN, "
+        "without any training; batch-norm statistics are computed on the evaluation data.\n\n"
         "| GHN | ResNet-50 (unseen architecture) | Best DeepNets-1M TEST architecture (index) |\n"
         "|---|---:|---:|\n"
-        f"| {entry.title} | {published.resnet50} | {published.best} ({published.best_index}) |\n\n"
-        "Predicted parameters are meant as an initialisation to train or fine-tune from."
+        f"| {entry.title} | {published.resnet50} | "
+        + (f"{published.best} ({published.best_index})" if published.best is not None else "not published")
+        + " |\n\n"
+        + (f"For comparison: {published.comparison}.\n\n" if published.comparison else "")
+        + "Predicted parameters are meant as an initialisation to train or fine-tune from."
         if published
         else "The authors published no accuracy for this GHN."
     )
-    repo = f" ({provenance['repo']}, file `LICENSE`)" if "repo" in provenance else ""
+    repo = (
+        f" ({provenance.get('license_source') or provenance['repo'] + ', file `LICENSE`'})"
+        if "repo" in provenance
+        else ""
+    )
     variant_found = variant_of(provenance.get("config", {}))
     rows += f"\n| architecture variant (from the checkpoint's config) | {VARIANTS[variant_found].label if variant_found else 'none known'} |"
     origin = (

@@ -2,8 +2,9 @@
 
 One row per GHN: shipped ones (in the package) and known ones (:mod:`ghninit.registry`), with the
 variant, the data set, where the weights come from, whether a copy is on this machine already
-(found without any request), the size and the accuracy its authors published. Parameter counts of
-GHNs not yet downloaded are those of the variant's architecture, marked as expected.
+(found without any request), the size (of the cached weights, or the published download size) and
+the accuracy its authors published. Parameter counts of GHNs not yet downloaded are those of the
+variant's architecture, marked as expected (unknown for GHN-3-S, whose layer count is not published).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from .registry import DATASETS, VARIANTS, HubWeights, KnownGHN, expected_config,
 
 def _parameters(config: dict) -> int:
     """Parameters of a GHN of ``config``, counted on the meta device (nothing allocated)."""
-    from .ghn import GHN2
+    from .ghn import GHN2, GHN3
+    from .ghn.ghn3 import is_ghn3_config
 
     with torch.device("meta"):
-        ghn = GHN2(**{k: v for k, v in config.items() if k != "debug_level"})
+        ghn = (GHN3 if is_ghn3_config(config) else GHN2)(**{k: v for k, v in config.items() if k != "debug_level"})
     return sum(p.numel() for p in ghn.parameters())
 
 
@@ -50,6 +52,8 @@ def _short(source) -> str:
         return f"Hub repo {source.repo_id}@{source.revision[:12]}"
     if source.kind == "official":
         return f"official file {source.repo}@{source.commit[:7]}:{source.path}"
+    if source.kind == "hub-pickle":
+        return f"Hub file {source.repo_id}@{source.revision[:12]}:{source.filename}"
     return source.describe()
 
 
@@ -64,8 +68,8 @@ def list_ghns(cache_dir: str | os.PathLike | None = None) -> list[dict]:
         Hub repo or official file; the one a load would use), ``sources`` (all, in order),
         ``cached`` (a copy is on this machine), ``location`` (its folder or file, or None),
         ``parameters``, ``parameters_expected`` (True when counted from the variant's
-        architecture because nothing is cached yet), ``size_mb`` (of the local weights file, or
-        None), ``accuracy`` (the authors' published figures, or this project's measured ones for
+        architecture because nothing is cached yet; None where unknown), ``size_mb`` (of the local
+        weights file, or None), ``download_size`` (as published, where the source lists one), ``accuracy`` (the authors' published figures, or this project's measured ones for
         shipped GHNs, with what they measure).
     """
     from .hub import SHIPPED_GHNS, shipped_card, shipped_path
@@ -89,6 +93,7 @@ def list_ghns(cache_dir: str | os.PathLike | None = None) -> list[dict]:
                 "parameters": card.get("parameters") or _parameters(card["config"]),
                 "parameters_expected": False,
                 "size_mb": round(path.stat().st_size / 2**20, 1) if path.is_file() else None,
+                "download_size": None,
                 "accuracy": (
                     f"measured by this project (not published), top-1 % on {settings.get('images', '?')} CIFAR-10 "
                     f"test images: ResNet-50 {resnet50.get('mean', '?')}, best of {test.get('n', '?')} TEST nets "
@@ -105,6 +110,8 @@ def list_ghns(cache_dir: str | os.PathLike | None = None) -> list[dict]:
             config_path = found[1] / "config.json"
             config = json.loads(config_path.read_text()) if config_path.is_file() else None
         weights = found[1] / "model.safetensors" if found else None
+        expected = config is None
+        config = config or expected_config(entry)
         rows.append(
             {
                 "name": entry.name,
@@ -115,10 +122,11 @@ def list_ghns(cache_dir: str | os.PathLike | None = None) -> list[dict]:
                 "sources": [s.describe() for s in entry.sources],
                 "cached": found is not None,
                 "location": str(found[1]) if found else None,
-                "parameters": _parameters(config or expected_config(entry)),
-                "parameters_expected": config is None,
+                "parameters": _parameters(config) if config else None,
+                "parameters_expected": expected,
                 "size_mb": round(weights.stat().st_size / 2**20, 1) if weights and weights.is_file() else None,
-                "accuracy": entry.published.summary(f"published, {DATASETS[entry.dataset].metric}")
+                "download_size": getattr(entry.sources[-1], "size", None),
+                "accuracy": f"published, {entry.published.summary(DATASETS[entry.dataset].metric)}"
                 if entry.published
                 else None,
             }
@@ -135,8 +143,13 @@ def format_table(rows: list[dict]) -> str:
     lines = []
     for row in rows:
         aliases = f" (also: {', '.join(row['aliases'])})" if row["aliases"] else ""
-        params = f"{row['parameters']:,} parameters{' (expected)' if row['parameters_expected'] else ''}"
+        params = (
+            f"{row['parameters']:,} parameters{' (expected)' if row['parameters_expected'] else ''}"
+            if row["parameters"] is not None
+            else "parameters unknown until downloaded"
+        )
         size = f", {row['size_mb']} MB" if row["size_mb"] is not None else ""
+        size += f", download {row['download_size']}" if row.get("download_size") and not row["cached"] else ""
         cached = f"yes, {row['location']}" if row["cached"] else "no (downloaded on first use)"
         lines += [
             f"{row['name']}{aliases}: {row['variant']}, {row['dataset']}, {params}{size}",

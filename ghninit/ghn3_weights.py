@@ -1,65 +1,188 @@
-"""The published GHN-3 weights: names, config inference, safe conversion to safetensors, fetching.
+"""The published GHN-3 weights: the four files on the Hub, config inference, and their safe conversion.
 
 The reference publishes GHN-3 as joblib pickles of a bare state dict (no config) on the Hugging
-Face Hub repo ``SamsungSAILMontreal/ghn3``. Here such a file is read with the restricted
-unpickler of :mod:`ghninit.safe_pickle` (no code from it runs), its config is inferred from
-tensor shapes (:func:`infer_ghn3_config`), and it is converted once into a folder in our layout
-(``config.json`` + ``model.safetensors`` + a ``README.md`` card recording the source file's repo,
-revision and sha256), under a file lock, so that later loads read only safetensors.
-:func:`fetch_and_convert_ghn3` is the whole path for one of the four names in :data:`GHN3_WEIGHTS`.
+Face Hub repo ``SamsungSAILMontreal/ghn3``. :class:`HubPickle` is the source of such a file for the
+name registry (:mod:`ghninit.registry`, one :class:`~ghninit.registry.ConvertedSource`): it
+downloads the file with ``hf_hub_download``, reads it with the restricted unpickler of
+:mod:`ghninit.safe_pickle` (no code from it runs) and infers its config from tensor shapes
+(:func:`infer_ghn3_config`); :func:`ghninit.cache.fetch_convert_store` then stores it once, under
+the same file lock and in the same cache as the official GHN-2 files, so later loads read only
+safetensors. :data:`GHN3_WEIGHTS` lists the four published files with their sizes and figures.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 import os
+import pickle
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
-from huggingface_hub import constants, hf_hub_download
 
+from .errors import GHNLoadError, SourceUnavailable
 from .ghn.ghn3 import GHN3
 from .safe_pickle import load_state_dict_pickle
 
 GHN3_REPO = "SamsungSAILMontreal/ghn3"
+GHN3_PAPER = (
+    "Boris Knyazev, Doha Hwang, Simon Lacoste-Julien. Can We Scale Transformers to Predict Parameters of "
+    "Diverse ImageNet Models? ICML 2023. https://arxiv.org/abs/2303.04143"
+)
 _LAYER_NORM1 = re.compile(r"^gnn\.(\d+)\.ln1\.weight$")
 _TOP_LEVEL_EMBEDDINGS = ("centrality_embed_in", "centrality_embed_out", "input_dist_embed")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
-class GHN3Weights:
-    """One published GHN-3 file.
+class HubPickle:
+    """A GHN-3 joblib file (a pickled state dict) in a Hugging Face Hub repo: a converted source.
 
     Attributes:
-        repo_id, filename: where it is on the Hub.
-        revision: branch or commit (``"main"`` until a commit is pinned).
-        size: download size as the reference README/Hub list it (``None`` where not found).
-        resnet50_top1: published ImageNet top-1 (%) of ResNet-50 with predicted parameters and no
-            training (``ghn3_results.json`` of the reference repository), where published.
+        repo_id, filename: where it is on the Hub (``HF_ENDPOINT`` applies, as for any Hub download).
+        revision: a 40-hex commit once one is known, so that the file is fixed; until then ``"main"``
+            (the model card says so, and records the sha256 of the file that was converted).
+        sha256: the file's sha256, checked after download when set.
+        size: download size as the reference README / Hub list it (``None`` where not found).
+        license: the license of the reference repository, recorded in the model card.
     """
 
     repo_id: str
     filename: str
-    revision: str
-    size: str | None
+    revision: str = "main"
+    sha256: str | None = None
+    size: str | None = None
+    license: str = "MIT"
+
+    kind = "hub-pickle"
+
+    @property
+    def cache_key(self) -> str:
+        """The converted copy's folder name in the cache: changes with the revision and the pinned sha256."""
+        return f"hub-{self.revision.replace('/', '--')}" + (f"-{self.sha256[:16]}" if self.sha256 else "")
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the revision is a commit (a branch such as ``main`` can move)."""
+        return bool(_COMMIT.match(self.revision))
+
+    def url(self) -> str:
+        """The file's download URL (``HF_ENDPOINT`` as huggingface_hub read it)."""
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo_id, self.filename, revision=self.revision)
+
+    def describe(self) -> str:
+        """One line saying where this source is."""
+        pin = "" if self.pinned else " (a branch: no commit pinned)"
+        return f"Hub file {self.filename} of {self.repo_id} at revision {self.revision}{pin}, from {self.url()}"
+
+    def provenance(self) -> dict:
+        """What the model card and ``provenance.json`` record (the cache adds the file's sha256)."""
+        return {
+            "source": "Hub file: a joblib pickle of a state dict, read with a restricted unpickler",
+            "repo": f"https://huggingface.co/{self.repo_id}",
+            "revision": self.revision
+            + ("" if self.pinned else " (a branch, not a pinned commit: source_sha256 identifies the file)"),
+            "path": self.filename,
+            "source_file": self.filename,
+            **({"sha256_pinned": self.sha256} if self.sha256 else {}),
+            "url": self.url(),
+            "license": self.license,
+            "license_source": f"https://github.com/{GHN3_REPO} (file LICENSE)",
+            "paper": GHN3_PAPER,
+        }
+
+    def fetch(self, work: Path) -> Path:
+        """Download the file into ``work`` with ``hf_hub_download`` (and check its sha256 when pinned).
+
+        Raises:
+            SourceUnavailable: the Hub, the repo, the revision or the file could not be reached.
+            GHNLoadError: the file does not hash to :attr:`sha256`; the download is deleted.
+        """
+        from huggingface_hub import hf_hub_download
+
+        from .cache import file_sha256
+
+        try:
+            path = Path(hf_hub_download(self.repo_id, self.filename, revision=self.revision, local_dir=work))
+        except Exception as err:  # huggingface_hub raises many types (HTTP, connection, missing entry)
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise SourceUnavailable(f"downloading {self.url()} failed ({type(err).__name__}: {first})") from err
+        actual = file_sha256(path) if self.sha256 else None
+        if actual is not None and actual != self.sha256:
+            path.unlink()
+            raise GHNLoadError(
+                f"{self.filename} downloaded from {self.url()} is not the pinned file: its sha256 is {actual}, "
+                f"expected {self.sha256}. The download was deleted; nothing was loaded or cached. Fix: retry; if it "
+                "persists, the Hub or the mirror set in HF_ENDPOINT serves a different file."
+            )
+        return path
+
+    def convert(self, path: Path) -> GHN3:
+        """The GHN-3 in the downloaded file, read with the restricted unpickler (no code from it runs)."""
+        try:
+            return load_ghn3_pickle(path)
+        except (pickle.UnpicklingError, ValueError, RuntimeError) as err:
+            raise GHNLoadError(
+                f"{self.filename} of {self.repo_id} (revision {self.revision}): not loadable as a GHN-3 state dict "
+                f"({type(err).__name__}: {err}). Nothing was loaded or cached."
+            ) from err
+
+
+@dataclass(frozen=True)
+class GHN3Weights:
+    """One published GHN-3: its file on the Hub, its architecture and its published figure.
+
+    Attributes:
+        source: where the file is.
+        hid, heads: width and attention heads (read from the file's shapes on load).
+        layers: Graphormer layers where the published file size pins them (``None`` for S).
+        resnet50_top1: published ImageNet top-1 (%) of ResNet-50 with predicted parameters and no
+            training (``ghn3_results.json`` of the reference repository), where published.
+    """
+
+    source: HubPickle
+    hid: int
+    heads: int
+    layers: int | None
     resnet50_top1: float | None
+
+    def matches(self, config: dict) -> bool:
+        """Whether a GHN-3 config has this architecture (hid, heads, and layers where known)."""
+        return (
+            config.get("hid") == self.hid
+            and config.get("heads") == self.heads
+            and (self.layers is None or config.get("layers") == self.layers)
+        )
+
+    def config(self) -> dict | None:
+        """The config of the published file (as :func:`infer_ghn3_config` reads it), or None if not all known."""
+        if self.layers is None:
+            return None
+        return {
+            "max_shape": [self.hid, self.hid, 16, 16],
+            "num_classes": 1000,
+            "hid": self.hid,
+            "layers": self.layers,
+            "heads": self.heads,
+            "weight_norm": True,
+            "ve": True,
+            "layernorm": True,
+            "hypernet": "graphormer",
+        }
 
 
 GHN3_WEIGHTS: dict[str, GHN3Weights] = {
-    "ghn3-t": GHN3Weights(GHN3_REPO, "ghn3tm8.pt", "main", "27 MB", 10.442),
-    "ghn3-s": GHN3Weights(GHN3_REPO, "ghn3sm8.pt", "main", None, None),
-    "ghn3-l": GHN3Weights(GHN3_REPO, "ghn3lm8.pt", "main", "859 MB", None),
-    "ghn3-xl": GHN3Weights(GHN3_REPO, "ghn3xlm16.pt", "main", "2.5 GB", 19.996),
+    "ghn3-t": GHN3Weights(HubPickle(GHN3_REPO, "ghn3tm8.pt", size="27 MB"), 64, 8, 3, 10.442),
+    "ghn3-s": GHN3Weights(HubPickle(GHN3_REPO, "ghn3sm8.pt"), 128, 16, None, None),
+    "ghn3-l": GHN3Weights(HubPickle(GHN3_REPO, "ghn3lm8.pt", size="859 MB"), 256, 16, 12, None),
+    "ghn3-xl": GHN3Weights(HubPickle(GHN3_REPO, "ghn3xlm16.pt", size="2.5 GB"), 384, 16, 24, 19.996),
 }
 # For comparison, from the same file: ResNet-50 top-1 with GHN-2 (ImageNet) 1.080%; after one epoch
 # of SGD, 43.69% from GHN-3-XL's parameters against 18.19% from a random initialisation.
+GHN2_RESNET50_TOP1 = 1.080
 
 
 class GHN3ConfigError(ValueError):
@@ -145,84 +268,3 @@ def state_dict_from_recipe(recipe: dict) -> dict[str, torch.Tensor]:
 def load_ghn3_pickle(path: str | os.PathLike) -> GHN3:
     """Load a published-format GHN-3 (joblib/pickle of a bare state dict) without running its code."""
     return ghn3_from_state_dict(load_state_dict_pickle(path))
-
-
-def convert_ghn3_pickle(path: str | os.PathLike, folder: str | os.PathLike, source: dict | None = None) -> Path:
-    """Convert a published GHN-3 file into ``folder`` (``config.json``, ``model.safetensors``, ``README.md``).
-
-    Args:
-        path: the joblib file.
-        folder: output folder (created; files are written to a temporary folder and moved in).
-        source: provenance written to the card (repo, filename, revision); the sha256 of ``path``
-            is always recorded.
-    """
-    from .hub import file_sha256
-
-    folder = Path(folder)
-    ghn = load_ghn3_pickle(path)
-    provenance = {**(source or {}), "file": Path(path).name, "sha256": file_sha256(path)}
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ghn.save_pretrained(tmp)
-    card = tmp / "README.md"
-    text = card.read_text() if card.exists() else ""
-    card.write_text(
-        text + "\n\n## Conversion\nConverted by ghninit from a published GHN-3 joblib file, read with a restricted "
-        "unpickler (no code from it ran):\n\n```json\n" + json.dumps(provenance, indent=2) + "\n```\n"
-    )
-    (tmp / "source.json").write_text(json.dumps(provenance, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
-
-
-def default_cache_dir() -> Path:
-    """Where converted GHN-3 folders go by default: ``$HF_HOME/ghninit/converted``."""
-    return Path(constants.HF_HOME) / "ghninit" / "converted"
-
-
-def fetch_and_convert_ghn3(
-    name: str,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    revision: str | None = None,
-    hub_cache_dir: str | os.PathLike | None = None,
-    force: bool = False,
-    token: str | bool | None = None,
-) -> Path:
-    """Download a published GHN-3 (``"ghn3-t"``, ``-s``, ``-l``, ``-xl``) and convert it once; return the folder.
-
-    The joblib file comes through ``hf_hub_download`` (``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and the
-    Hub cache behave as huggingface_hub defines). The converted folder is
-    ``<cache_dir>/<name>`` and is reused while its recorded sha256 matches the downloaded file.
-
-    Args:
-        name: a key of :data:`GHN3_WEIGHTS`.
-        cache_dir: where converted folders go (default :func:`default_cache_dir`).
-        revision: Hub revision (default: the table's).
-        hub_cache_dir: huggingface_hub's cache for the download (default its own).
-        force: download and convert again.
-        token: Hub token.
-    """
-    if name not in GHN3_WEIGHTS:
-        raise KeyError(f"unknown GHN-3 '{name}': expected one of {', '.join(GHN3_WEIGHTS)}")
-    entry = GHN3_WEIGHTS[name]
-    revision = revision or entry.revision
-    path = Path(
-        hf_hub_download(
-            entry.repo_id, entry.filename, revision=revision, cache_dir=hub_cache_dir, force_download=force, token=token
-        )
-    )
-    from .hub import file_sha256
-
-    sha256 = file_sha256(path)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    folder = root / name
-    with FileLock(str(root / f"{name}.lock")):
-        recorded = folder / "source.json"
-        if not force and recorded.is_file() and json.loads(recorded.read_text()).get("sha256") == sha256:
-            return folder
-        source = {"repo_id": entry.repo_id, "filename": entry.filename, "revision": revision}
-        return convert_ghn3_pickle(path, folder, source)

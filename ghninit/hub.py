@@ -5,7 +5,9 @@ installed with the package (``ghninit/weights/``): they load with no network. Kn
 (:data:`~ghninit.registry.KNOWN_GHNS`, e.g. ``imagenet``, ``ghn1-cifar10``) resolve to an ordered
 list of sources: a Hub repo in ghninit's layout once one is pinned, then the official reference
 checkpoint, pinned by commit, path and git blob SHA-1, downloaded, verified and converted once into
-the local cache (:mod:`ghninit.cache`, :mod:`ghninit.official`). A Hub repo in our layout holds
+the local cache (:mod:`ghninit.cache`, :mod:`ghninit.official`); the GHN-3 names (``ghn3-t``, ...)
+come from the published joblib files on the Hub, read with a restricted unpickler and converted into
+the same cache (:mod:`ghninit.ghn3_weights`). A Hub repo in our layout holds
 ``config.json``, ``model.safetensors`` and a model card ``README.md``: what
 ``PyTorchModelHubMixin.save_pretrained`` writes. Hub downloads and their cache are
 huggingface_hub's own, so ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and
@@ -27,6 +29,7 @@ mirror of the official files, ``GHNINIT_OFFICIAL_URL``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.resources
 import io
 import json
@@ -59,7 +62,7 @@ from .errors import GHNLoadError, SourceUnavailable
 from .ghn import GHN2, GHN3
 from .ghn.config import check_safetensors_header, check_state_shapes
 from .ghn.ghn3 import is_ghn3_config
-from .ghn3_weights import GHN3_WEIGHTS
+from .ghn3_weights import HubPickle
 from .official import refused_type, unpickler_reason
 from .registry import KNOWN_GHNS, HubWeights, KnownGHN, Source, register_ghn, variant_of
 
@@ -141,7 +144,7 @@ def known_sources(name: str, revision: str | None = None) -> tuple[Source, ...]:
         return None
 
     repo_id, revision = env("REPO"), revision or env("REVISION")
-    hubs = [s for s in entry.sources if isinstance(s, HubWeights)]
+    hubs = [s for s in entry.sources if isinstance(s, HubWeights | HubPickle)]
     if repo_id:  # a fork or mirror the user chose: nothing else is tried
         return (HubWeights(repo_id, revision or "main", None, f"GHNINIT_HUB_REPO_* for '{name}'"),)
     if revision:
@@ -152,7 +155,10 @@ def known_sources(name: str, revision: str | None = None) -> tuple[Source, ...]:
                 "to use a Hub repo, or leave the revision out."
             )
         hub = hubs[0]
-        return (HubWeights(hub.repo_id, revision, hub.sha256 if revision == hub.revision else None, hub.source),)
+        sha256 = hub.sha256 if revision == hub.revision else None
+        if isinstance(hub, HubPickle):
+            return (dataclasses.replace(hub, revision=revision, sha256=sha256),)
+        return (HubWeights(hub.repo_id, revision, sha256, hub.source),)
     return entry.sources
 
 
@@ -169,7 +175,8 @@ def load_ghn(
 
     Args:
         source: a shipped name (``"cifar10-mini"``, no network; see :data:`SHIPPED_GHNS`), a known
-            name (``"imagenet"``, ``"cifar10"``, ``"ghn1-imagenet"``, ...; see :func:`ghninit.list_ghns`),
+            name (``"imagenet"``, ``"cifar10"``, ``"ghn1-imagenet"``, ``"ghn3-t"``, ...; see
+            :func:`ghninit.list_ghns`),
             a Hub repo id (``"org/repo"``) in our layout, a local folder in that layout
             (``config.json`` + ``model.safetensors``), a ``.safetensors`` file (config in its
             metadata key ``config`` or in a ``config.json`` beside it), or an official reference
@@ -194,8 +201,6 @@ def load_ghn(
         if revision is not None:
             raise GHNLoadError(f"'{name}' is shipped with ghninit: revision={revision!r} only applies to Hub repos")
         ghn = _load_shipped(name)
-    elif name in GHN3_WEIGHTS:  # a published GHN-3: downloaded once, converted safely to safetensors
-        ghn = _load_folder(_fetch_ghn3(name, revision, cache_dir, force_download, token))
     elif name in KNOWN_GHNS or not Path(source).exists():
         folder = download_ghn(source, revision, cache_dir=cache_dir, force_download=force_download, token=token)
         ghn = _load_folder(folder)
@@ -206,22 +211,6 @@ def load_ghn(
         ghn = _load_folder(path) if path.is_dir() else _load_file(path)
     ghn.source = name  # what reports name it by
     return ghn.to(device).eval()
-
-
-def _fetch_ghn3(name: str, revision, cache_dir, force_download: bool, token) -> Path:
-    from .ghn3_weights import fetch_and_convert_ghn3
-
-    entry = GHN3_WEIGHTS[name]
-    try:
-        return fetch_and_convert_ghn3(
-            name, revision=revision, hub_cache_dir=cache_dir, force=force_download, token=token
-        )
-    except (KeyError, pickle.UnpicklingError, ValueError, RuntimeError) as err:
-        raise GHNLoadError(f"could not convert GHN '{name}' ({entry.repo_id}/{entry.filename}): {err}") from err
-    except Exception as err:  # huggingface_hub's errors, explained as for the other Hub GHNs
-        revision = revision or entry.revision
-        tried = f"tried: repo '{entry.repo_id}' at revision '{revision}' from {constants.ENDPOINT} (HF_ENDPOINT)"
-        raise GHNLoadError(_explain(err, name, entry.repo_id, revision, entry.filename, tried)) from err
 
 
 def download_ghn(

@@ -3,11 +3,13 @@
 A :class:`KnownGHN` names a GHN (plus aliases), its architecture variant and training data set,
 the accuracy its authors published, and an ordered tuple of sources. A source is a small frozen
 dataclass: :class:`HubWeights` (a Hugging Face Hub repo already in ghninit's layout, used only once
-pinned) or :class:`~ghninit.official.OfficialFile` (a checkpoint file pinned by commit, path and
-git blob SHA-1, downloaded, verified and converted into the local cache). Adding a GHN is one
+pinned), :class:`~ghninit.official.OfficialFile` (a checkpoint file pinned by commit, path and
+git blob SHA-1, downloaded, verified and converted into the local cache) or
+:class:`~ghninit.ghn3_weights.HubPickle` (a published GHN-3 joblib file on the Hub, read with a
+restricted unpickler and converted into the same cache). Adding a GHN is one
 :class:`KnownGHN` line; adding a kind of source is one dataclass of the :class:`ConvertedSource`
-protocol (``fetch`` and ``convert`` methods; see :mod:`ghninit.official`). Tests and forks add entries with :func:`register_ghn` instead of
-weakening any check.
+protocol (``fetch`` and ``convert`` methods; see :mod:`ghninit.official`). Tests and forks add
+entries with :func:`register_ghn` instead of weakening any check.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from .ghn3_weights import GHN2_RESNET50_TOP1, GHN3_PAPER, GHN3_WEIGHTS
 from .official import PPUDA_COMMIT, PPUDA_REPO, OfficialFile
 
 
@@ -88,19 +91,26 @@ class Published:
 
     Attributes:
         resnet50: on ResNet-50 (an architecture unseen in training), as printed by the authors.
-        best: on the best architecture of the DeepNets-1M TEST split, as printed.
+        best: on the best architecture of the DeepNets-1M TEST split, as printed (None if not published).
         best_index: that architecture's index in the TEST split.
         where: where the figures were read.
+        metric: what the figures measure, when not the data set's usual metric (e.g. top-1 on ImageNet).
+        comparison: another GHN's published figure on the same model, for context.
     """
 
     resnet50: str
-    best: str
-    best_index: int
+    best: str | None
+    best_index: int | None
     where: str
+    metric: str | None = None
+    comparison: str = ""
 
     def summary(self, metric: str) -> str:
-        """e.g. ``"top-5 on ImageNet: ResNet-50 5.3, best TEST net (#85) 48.3"``."""
-        return f"{metric}: ResNet-50 {self.resnet50}, best TEST net (#{self.best_index}) {self.best}"
+        """e.g. ``"top-5 % on ImageNet: ResNet-50 5.3, best TEST net (#85) 48.3"``; ``metric`` is the data
+        set's, used unless the figures say what they measure."""
+        best = f", best TEST net (#{self.best_index}) {self.best}" if self.best is not None else ""
+        comparison = f" ({self.comparison})" if self.comparison else ""
+        return f"{self.metric or metric}: ResNet-50 {self.resnet50}{best}{comparison}"
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,12 @@ VARIANTS: dict[str, Variant] = {
         "with GHN-2's normalisation and layer norm",
     ),
 }
+for _name, _weights in GHN3_WEIGHTS.items():
+    VARIANTS[_name] = Variant(
+        _name.upper().replace("GHN3", "GHN-3"),
+        f"Graphormer layers instead of GHN-2's gated graph network (hidden width {_weights.hid}, "
+        f"{_weights.heads} heads) and a decoder that reads centred windows",
+    )
 
 # Read in the pinned commit's README.md, section "Available GHNs", figure for figure.
 _README = f"{PPUDA_REPO} README.md at commit {PPUDA_COMMIT}, table 'Available GHNs'"
@@ -261,23 +277,54 @@ for _entry in (
 ):  # fmt: skip
     register_ghn(_entry)
 
+# The four published GHN-3 (Hub repo SamsungSAILMontreal/ghn3, MIT); ResNet-50 top-1 from the
+# reference's ghn3_results.json, shipped with its source as ghninit/ghn3_published.json.
+_GHN3_FIGURES = "ghn3_results.json of SamsungSAILMontreal/ghn3 (shipped as ghninit/ghn3_published.json)"
+for _name, _weights in GHN3_WEIGHTS.items():
+    register_ghn(
+        KnownGHN(
+            _name,
+            _name,
+            "imagenet",
+            (_weights.source,),
+            published=Published(
+                f"{_weights.resnet50_top1:.1f}",
+                None,
+                None,
+                _GHN3_FIGURES,
+                metric="top-1 % on ImageNet",
+                comparison=f"GHN-2 on ImageNet: {GHN2_RESNET50_TOP1:.1f}",
+            )
+            if _weights.resnet50_top1 is not None
+            else None,
+            paper=GHN3_PAPER,
+        )
+    )
+
 
 _ARCH_KEYS = ("hypernet", "ve", "weight_norm", "layernorm")
 
 
 def variant_of(config: dict) -> str | None:
-    """The variant (key of :data:`VARIANTS`) a GHN config describes, by the training presets; None if none fits."""
+    """The variant (key of :data:`VARIANTS`) a GHN config describes, by the training presets or the published
+    GHN-3 sizes; None if none fits."""
+    from .ghn.ghn3 import is_ghn3_config
     from .train import PRESETS  # the presets define the variants; imported late (train pulls in DeepNets-1M)
 
+    if is_ghn3_config(config):
+        return next((name for name, weights in GHN3_WEIGHTS.items() if weights.matches(config)), None)
     for name, preset in PRESETS.items():
         if all(config.get(key) == preset[key] for key in _ARCH_KEYS):
             return name
     return None
 
 
-def expected_config(entry: KnownGHN) -> dict:
-    """The GHN config the reference trains for ``entry``'s variant and data set (before any download)."""
+def expected_config(entry: KnownGHN) -> dict | None:
+    """The GHN config the reference trains for ``entry``'s variant and data set (before any download);
+    None where it is not known (GHN-3-S's layer count)."""
     from .train import PRESETS, TrainConfig
 
+    if entry.variant in GHN3_WEIGHTS:
+        return GHN3_WEIGHTS[entry.variant].config()
     arch = {key: PRESETS[entry.variant][key] for key in _ARCH_KEYS}
     return TrainConfig.for_dataset(entry.dataset, **arch).ghn_kwargs()

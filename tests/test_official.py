@@ -398,7 +398,9 @@ def test_python_m_ghninit_list_shows_every_name(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
-    assert set(rows) == {"cifar10-mini", *(canonical for canonical, _, _ in OFFICIAL.values())}
+    ghn3 = {"ghn3-t", "ghn3-s", "ghn3-l", "ghn3-xl"}  # from the Hub (tests/test_ghn3_weights.py)
+    assert set(rows) == {"cifar10-mini", *(canonical for canonical, _, _ in OFFICIAL.values()), *ghn3}
+    assert all(rows[n]["source"].startswith("Hub file SamsungSAILMontreal/ghn3@main:") for n in ghn3)
     assert rows["cifar10-mini"]["source"] == "shipped in the package" and rows["cifar10-mini"]["cached"]
     for canonical, path, _ in OFFICIAL.values():
         row = rows[canonical]
