@@ -429,7 +429,7 @@ def _load_folder(folder: Path) -> GHN2:
         with contextlib.redirect_stdout(io.StringIO()):
             ghn = (GHN3 if is_ghn3_config(config) else GHN2).from_pretrained(str(folder), strict=True)
     except (TypeError, RuntimeError, ValueError, NotImplementedError, SafetensorError) as err:
-        raise GHNLoadError(f"{folder}: weights do not match a GHN-2 of config {config}: {err}") from err
+        raise GHNLoadError(f"{folder}: weights do not match a {'GHN-3' if is_ghn3_config(config) else 'GHN-2'} of config {config}: {err}") from err
     return ghn
 
 
@@ -508,5 +508,5 @@ def _build(config: dict, state: dict, source: object) -> GHN2 | GHN3:
         ghn = (GHN3 if is_ghn3_config(config) else GHN2)(**config)
         ghn.load_state_dict(state, strict=True)
     except (TypeError, RuntimeError, ValueError, NotImplementedError) as err:
-        raise GHNLoadError(f"{source}: weights do not match a GHN-2 of config {config}: {err}") from err
+        raise GHNLoadError(f"{source}: weights do not match a {'GHN-3' if is_ghn3_config(config) else 'GHN-2'} of config {config}: {err}") from err
     return ghn

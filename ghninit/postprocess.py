@@ -73,7 +73,9 @@ class Orthogonalize:
         if self.classifier_scale not in (None, "he"):
             raise ValueError(f"Orthogonalize(classifier_scale={self.classifier_scale!r}): expected None or 'he'")
         if self.from_layer < 0:
-            raise ValueError(f"Orthogonalize(from_layer={self.from_layer}): expected 0 (all layers) or a layer number >= 1")
+            raise ValueError(
+                f"Orthogonalize(from_layer={self.from_layer}): expected 0 (all layers) or a layer number >= 1"
+            )
 
     @classmethod
     def reference(cls, from_layer: int = 0, noise: float = 3e-5, seed: int = 0) -> Orthogonalize:
@@ -242,7 +244,12 @@ def orthogonalize_(
         the names of the parameters changed.
     """
     config = Orthogonalize(
-        noise=noise, from_layer=from_layer, scale=scale, orthogonal=orthogonal, classifier_scale=classifier_scale, seed=seed
+        noise=noise,
+        from_layer=from_layer,
+        scale=scale,
+        orthogonal=orthogonal,
+        classifier_scale=classifier_scale,
+        seed=seed,
     )
     return apply_(model, config, classifier=classifier)
 
