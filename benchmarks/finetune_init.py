@@ -55,11 +55,22 @@ def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
     weights = found if found.is_file() else found / "model.safetensors"
     return ghn, {
         "source": name,
-        "resolved": str(found.resolve()),
+        "resolved": display_path(found),
         "sha256": file_sha256(weights) if weights.is_file() else None,
         "num_classes": ghn.num_classes,
         "max_shape": list(ghn.max_shape),
     }
+
+
+def display_path(path: Path) -> str:
+    """``path`` as reports show it: relative to the repository, or under ``<ghninit cache>``; never machine-specific."""
+    from ghninit.cache import cache_root
+
+    path = path.resolve()
+    for root, label in ((Path(__file__).resolve().parents[1], ""), (cache_root().resolve(), "<ghninit cache>/")):
+        if path.is_relative_to(root):
+            return f"{label}{path.relative_to(root).as_posix()}"
+    return path.name
 
 
 @torch.no_grad()

@@ -365,6 +365,6 @@ def describe_run(
         "GHN": ghn,
         "protocol": protocol,
         "seeds": " ".join(map(str, seeds)),
-        "data": str(Path(data).resolve()),
+        "data": str(data),  # as given on the command line
         "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
     }

@@ -182,9 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument(
         "--procs",
         type=int,
-        default=1,
         help="data-parallel processes started by this call with torchrun's launcher (gloo on CPU, nccl on "
-        "GPUs); the meta-batch is split over them. Ignored under torchrun (default: 1)",
+        "GPUs); the meta-batch is split over them. Ignored under torchrun (default: one per GPU, else one per "
+        "CPU core, as many as divide the meta-batch: measured fastest on a 2-core machine, benchmarks/README.md)",
     )
     r.add_argument(
         "--threads",
@@ -194,9 +194,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument(
         "--prefetch-workers",
         type=int,
-        default=1,
-        help="processes that build the next steps' architectures and graphs ahead of the step loop "
-        "(default: 1; 0: build them inline, on the critical path)",
+        help="processes per training process that build the next steps' architectures and graphs ahead of the "
+        "step loop; 0 builds them inline (default: 1 on a GPU or when a CPU core is left over, else 0: on CPU "
+        "they compete with the training processes for the same cores)",
     )
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     r.add_argument("--no-channels-last", action="store_true", help="keep NCHW activations in the target networks")
@@ -335,6 +335,11 @@ def save_final(trainer: Trainer, folder: Path) -> None:
     save_file(state, str(folder / "ghn.safetensors"), metadata=meta)
 
 
+def default_procs(slots: int, meta_batch: int) -> int:
+    """Processes for ``slots`` GPUs or CPU cores: the most, up to ``slots``, that divide the meta-batch."""
+    return max(p for p in range(1, max(1, slots) + 1) if meta_batch % p == 0)
+
+
 def launch_processes(procs: int, argv: list[str]) -> int:
     """Run this script in ``procs`` data-parallel processes with torchrun's launcher (one machine)."""
     from torch.distributed.run import main as torchrun
@@ -353,11 +358,18 @@ def main(argv: list[str] | None = None) -> int:
         print(speed_table(args.speed_table))
         return 0
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if args.procs is None:
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        args.procs = default_procs(gpus or cores, build_config(args).meta_batch)
     if args.procs > 1 and not distributed:
         return launch_processes(args.procs, argv if argv is not None else sys.argv[1:])
-    if args.threads or args.procs > 1:
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.procs))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    procs = int(os.environ.get("WORLD_SIZE", "1")) if distributed else args.procs
+    threads = args.threads or max(1, cores // procs)
+    torch.set_num_threads(threads)
+    if args.prefetch_workers is None:
+        args.prefetch_workers = 1 if device.type == "cuda" or cores > procs * threads else 0
     if distributed:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -417,10 +429,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    prefetcher = ArchitecturePrefetcher(
-        config, trainer.step, total, trainer.rank, trainer.world_size, workers=args.prefetch_workers
-    )
-    prepared = iter(prefetcher)
+    prepared = None  # without workers, train_step builds (and times) the architectures itself
+    if args.prefetch_workers > 0:
+        prefetcher = ArchitecturePrefetcher(
+            config, trainer.step, total, trainer.rank, trainer.world_size, workers=args.prefetch_workers
+        )
+        prepared = iter(prefetcher)
     signal.signal(signal.SIGTERM, _interrupt)  # a killed session still leaves a checkpoint of its last step
     start = time.time()
     last_ckpt = time.time()
@@ -433,12 +447,14 @@ def main(argv: list[str] | None = None) -> int:
             if reason:
                 stop_reason = reason
                 break
-            step, indices, archs = next(prepared)
-            if step != trainer.step:
-                raise RuntimeError(f"prefetched step {step} while training step {trainer.step}")
+            ahead = None
+            if prepared is not None:
+                step, *ahead = next(prepared)
+                if step != trainer.step:
+                    raise RuntimeError(f"prefetched step {step} while training step {trainer.step}")
             images, targets = batches.batch(trainer.step)
             lr = trainer.optimizer.param_groups[0]["lr"]
-            result = trainer.train_step(images, targets, (indices, archs))
+            result = trainer.train_step(images, targets, ahead)
             ips = len(targets) * config.meta_batch / result.seconds["total"]
             if rank == 0:
                 writer.writerow(

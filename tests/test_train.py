@@ -177,7 +177,7 @@ def test_train_and_eval_scripts_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GHNINIT_CACHE", str(tmp_path / "cache"))
     _image_folder(tmp_path / "data")
     train_ghn, eval_ghn = _load_script("train_ghn"), _load_script("eval_ghn")
-    args = ["--data-dir", str(tmp_path / "data"), "--save-dir", str(tmp_path / "run"), "--quiet"]
+    args = ["--data-dir", str(tmp_path / "data"), "--save-dir", str(tmp_path / "run"), "--quiet", "--procs", "1"]
     args += ["--batch-size", "8", "--meta-batch", "2", "--max-nodes", "300", "--epochs", "10"]
     assert train_ghn.main([*args, "--max-steps", "1"]) == 0
     assert train_ghn.main([*args, "--max-steps", "2"]) == 0  # resumes at step 1
@@ -359,3 +359,9 @@ def test_prefetched_training_equals_inline_training():
             prepared = next(source)[1:] if source else None
             losses[mode].append(trainer.train_step(*data.batch(trainer.step), prepared).loss)
     assert losses["prefetch"] == pytest.approx(losses["inline"], rel=1e-5)
+
+
+def test_default_process_count_divides_the_meta_batch():
+    default_procs = _load_script("train_ghn").default_procs
+    assert default_procs(2, 8) == 2 and default_procs(16, 8) == 8 and default_procs(6, 8) == 4
+    assert default_procs(2, 1) == 1 and default_procs(1, 8) == 1 and default_procs(0, 8) == 1
