@@ -2,7 +2,7 @@
 
     python examples/quickstart_torchvision.py                    # shipped cifar10-mini GHN, no network
     python examples/quickstart_torchvision.py --data-dir ../shared/data/cifar10-jpeg   # + top-1, no training
-    python examples/quickstart_torchvision.py --ghn imagenet --model resnet50          # published GHN-2 (Hub)
+    python examples/quickstart_torchvision.py --ghn imagenet --model resnet50          # published GHN-2 (downloaded once, cached)
 
 A GHN trained on CIFAR-10 (10 classes) predicts parameters for 32x32 inputs, so the model is
 first adapted to 32x32 (``ghninit.adapt.adapt_to_cifar``, ResNets, DenseNets and MobileNets). With
