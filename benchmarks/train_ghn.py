@@ -359,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = build_config(args)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if args.procs is None:
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-        args.procs = default_procs(gpus or cores, build_config(args).meta_batch)
+        args.procs = default_procs(gpus or cores, config.meta_batch)
     if args.procs > 1 and not distributed:
         return launch_processes(args.procs, argv if argv is not None else sys.argv[1:])
     procs = int(os.environ.get("WORLD_SIZE", "1")) if distributed else args.procs
@@ -376,7 +377,6 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if distributed else 0
-    config = build_config(args)
     save_dir = Path(args.save_dir)
 
     if config.dataset == "cifar10":

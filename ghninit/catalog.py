@@ -21,11 +21,10 @@ from .registry import DATASETS, VARIANTS, HubWeights, KnownGHN, expected_config,
 
 def _parameters(config: dict) -> int:
     """Parameters of a GHN of ``config``, counted on the meta device (nothing allocated)."""
-    from .ghn import GHN2, GHN3
-    from .ghn.ghn3 import is_ghn3_config
+    from .ghn.config import ghn_class
 
     with torch.device("meta"):
-        ghn = (GHN3 if is_ghn3_config(config) else GHN2)(**{k: v for k, v in config.items() if k != "debug_level"})
+        ghn = ghn_class(config)(**{k: v for k, v in config.items() if k != "debug_level"})
     return sum(p.numel() for p in ghn.parameters())
 
 

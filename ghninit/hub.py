@@ -60,8 +60,7 @@ from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_stor
 from .cards import render_card
 from .errors import GHNLoadError, SourceUnavailable
 from .ghn import GHN2, GHN3
-from .ghn.config import check_safetensors_header, check_state_shapes
-from .ghn.ghn3 import is_ghn3_config
+from .ghn.config import check_safetensors_header, check_state_shapes, ghn_class
 from .ghn3_weights import HubPickle
 from .official import refused_type, unpickler_reason
 from .registry import KNOWN_GHNS, HubWeights, KnownGHN, Source, register_ghn, variant_of
@@ -110,7 +109,7 @@ def shipped_card(name: str) -> dict:
         ) from err
 
 
-def _load_shipped(name: str) -> GHN2:
+def _load_shipped(name: str) -> GHN2 | GHN3:
     path = shipped_path(name)
     expected = shipped_card(name).get("sha256")
     if not path.is_file():
@@ -170,7 +169,7 @@ def load_ghn(
     cache_dir: str | os.PathLike | None = None,
     force_download: bool = False,
     token: str | bool | None = None,
-) -> GHN2:
+) -> GHN2 | GHN3:
     """Load a GHN.
 
     Args:
@@ -278,7 +277,7 @@ def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool) ->
     """The cached copy of a source that must be fetched and converted (e.g. an official ``.pt``)."""
     import ghninit
 
-    def convert(path: Path) -> GHN2:
+    def convert(path: Path) -> GHN2 | GHN3:
         ghn = source.convert(path)
         found = variant_of(ghn.config)
         if found != entry.variant:
@@ -408,7 +407,7 @@ def _verify_cached(path: Path, expected_sha256: str | None, what: str) -> None:
         )
 
 
-def _load_folder(folder: Path) -> GHN2:
+def _load_folder(folder: Path) -> GHN2 | GHN3:
     """Load a folder in the Hub layout with ``GHN2.from_pretrained`` (the mixin), strictly."""
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
     if missing:
@@ -422,14 +421,14 @@ def _load_folder(folder: Path) -> GHN2:
         raise GHNLoadError(f"{folder / CONFIG_NAME}: not readable JSON ({err}); the file may be corrupt") from err
     if not isinstance(config, dict):
         raise GHNLoadError(f"{folder / CONFIG_NAME}: expected a JSON object of GHN2 arguments, got {config!r}")
-    _check_safetensors(folder / WEIGHTS_NAME)
     check_safetensors_header(folder / WEIGHTS_NAME, config, folder)  # before from_pretrained allocates
+    cls = ghn_class(config)
     try:
         # the mixin prints "Loading weights from local directory"; a library should not
         with contextlib.redirect_stdout(io.StringIO()):
-            ghn = (GHN3 if is_ghn3_config(config) else GHN2).from_pretrained(str(folder), strict=True)
+            ghn = cls.from_pretrained(str(folder), strict=True)
     except (TypeError, RuntimeError, ValueError, NotImplementedError, SafetensorError) as err:
-        raise GHNLoadError(f"{folder}: weights do not match a {'GHN-3' if is_ghn3_config(config) else 'GHN-2'} of config {config}: {err}") from err
+        raise GHNLoadError(f"{folder}: weights do not match a {cls.__name__} of config {config}: {err}") from err
     return ghn
 
 
@@ -444,7 +443,7 @@ def _check_safetensors(path: Path) -> dict[str, str]:
         ) from err
 
 
-def _load_file(path: Path) -> GHN2:
+def _load_file(path: Path) -> GHN2 | GHN3:
     if path.suffix == ".safetensors":
         return _load_safetensors_file(path)
     if path.suffix in (".pt", ".pth", ".ckpt") and zipfile.is_zipfile(path):  # torch.save's format
@@ -463,7 +462,7 @@ def _load_file(path: Path) -> GHN2:
     raise GHNLoadError(f"{path}: expected a .safetensors file, a reference .pt checkpoint, a GHN-3 .joblib or a folder")
 
 
-def _load_safetensors_file(path: Path) -> GHN2:
+def _load_safetensors_file(path: Path) -> GHN2 | GHN3:
     metadata = _check_safetensors(path)
     if "config" in metadata:
         config = json.loads(metadata["config"])
@@ -482,7 +481,7 @@ def _load_safetensors_file(path: Path) -> GHN2:
     return _build(config, state, path)
 
 
-def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2:
+def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2 | GHN3:
     """Load an official reference checkpoint (``{'state_dict', 'config', 'epoch'}``) without unpickling code.
 
     Only ``torch.load(..., weights_only=True)`` is used: tensors and plain containers, no code.
@@ -504,9 +503,10 @@ def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2:
 
 def _build(config: dict, state: dict, source: object) -> GHN2 | GHN3:
     config = check_state_shapes(config, state, source)
+    cls = ghn_class(config)
     try:
-        ghn = (GHN3 if is_ghn3_config(config) else GHN2)(**config)
+        ghn = cls(**config)
         ghn.load_state_dict(state, strict=True)
     except (TypeError, RuntimeError, ValueError, NotImplementedError) as err:
-        raise GHNLoadError(f"{source}: weights do not match a {'GHN-3' if is_ghn3_config(config) else 'GHN-2'} of config {config}: {err}") from err
+        raise GHNLoadError(f"{source}: weights do not match a {cls.__name__} of config {config}: {err}") from err
     return ghn
