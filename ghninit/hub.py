@@ -462,12 +462,23 @@ def _load_file(path: Path) -> GHN2 | GHN3:
     raise GHNLoadError(f"{path}: expected a .safetensors file, a reference .pt checkpoint, a GHN-3 .joblib or a folder")
 
 
+def _config_json(text: str, where: str) -> dict:
+    """A GHN config parsed from JSON text; ``where`` names its origin in the error."""
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        raise GHNLoadError(f"{where} is not valid JSON ({err}); the file may be corrupt") from err
+    if not isinstance(config, dict):
+        raise GHNLoadError(f"{where}: expected a JSON object of GHN arguments, got {config!r}")
+    return config
+
+
 def _load_safetensors_file(path: Path) -> GHN2 | GHN3:
     metadata = _check_safetensors(path)
     if "config" in metadata:
-        config = json.loads(metadata["config"])
+        config = _config_json(metadata["config"], f"{path}: the 'config' entry of its safetensors metadata")
     elif (path.parent / CONFIG_NAME).is_file():
-        config = json.loads((path.parent / CONFIG_NAME).read_text())
+        config = _config_json((path.parent / CONFIG_NAME).read_text(), str(path.parent / CONFIG_NAME))
     else:
         raise GHNLoadError(
             f"{path}: safetensors metadata has no 'config' key and there is no {CONFIG_NAME} beside it; "

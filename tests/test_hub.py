@@ -19,6 +19,7 @@ import torch
 from conftest import REPO_DIR, reference_file, requires_shared
 from hub_server import HubServer, Worker, state_digest, worker_env
 from parity import build_model, compare, load_fixture
+from safetensors.torch import load_file, save_file
 
 import ghninit
 from ghninit.hub import GHNLoadError, load_ghn
@@ -118,6 +119,17 @@ def test_local_sources(converted, tmp_path):
     (no_config / "config.json").unlink()
     with pytest.raises(GHNLoadError, match="missing config.json"):
         load_ghn(no_config)
+
+    bad_json = tmp_path / "bad_json"
+    shutil.copytree(conv.folder, bad_json)
+    (bad_json / "config.json").write_text('{"hid": 32,')
+    for path in (bad_json, bad_json / "model.safetensors"):
+        with pytest.raises(GHNLoadError, match="not .*JSON"):
+            load_ghn(path)
+    tensors = load_file(str(conv.folder / "model.safetensors"))
+    save_file(tensors, str(tmp_path / "bad_meta.safetensors"), metadata={"config": "[1, 2"})
+    with pytest.raises(GHNLoadError, match="'config' entry of its safetensors metadata is not valid JSON"):
+        load_ghn(tmp_path / "bad_meta.safetensors")
 
     wrong = tmp_path / "wrong_config"  # CIFAR weights with the ImageNet config: no silent partial load
     shutil.copytree(conv.folder, wrong)
