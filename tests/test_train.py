@@ -287,6 +287,18 @@ def test_train_script_help_documents_every_option(capsys):
         assert option in text
 
 
+def test_gpu_training_script_usage():
+    """benchmarks/gpu_train_ghn.sh answers --help, and refuses a wrong argument count before doing anything."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train_ghn.sh"
+    ok = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "usage:" in ok.stdout and "BUDGET_SECONDS" in ok.stdout
+    bad = subprocess.run(["bash", str(script), "only-one-argument"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "usage:" in bad.stderr and bad.stdout == ""
+
+
 def test_image_folder_cifar_is_in_a_fixed_mixed_order(tmp_path, monkeypatch):
     """Sequential test batches must mix classes: BatchNorm uses test-batch statistics."""
     from ghninit.data import load_cifar10
