@@ -202,13 +202,15 @@ def run_all(
     run: Callable[[str, str, int], dict[str, Any]],
     on_update: Callable[[list[dict[str, Any]]], Any] = lambda records: None,
     postprocess: str | None = None,
+    report_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or read back) every (seed, architecture, initialisation), seed by seed.
 
     ``run(arch, init, seed)`` returns a record with at least ``final`` and ``curve``; it is saved
     with its configuration (:func:`run_config`) as soon as it finishes, and ``on_update`` is
     called with all records so far (to write the report), so a stopped benchmark keeps every
-    finished seed and a rerun of the same command carries on where it stopped.
+    finished seed and a rerun of the same command carries on where it stopped. With
+    ``report_only``, nothing is trained: runs not finished yet are skipped (and named on stderr).
     """
     records: list[dict[str, Any]] = []
     for seed in seeds:
@@ -216,6 +218,9 @@ def run_all(
             for init in inits:
                 config = json.loads(json.dumps(run_config(protocol, init, ghn_info, postprocess)))
                 record = store.load(arch, init, seed, config)
+                if record is None and report_only:
+                    print(f"{arch} {init} seed {seed}: not finished, left out (--report-only)", file=sys.stderr)
+                    continue
                 if record is None:
                     record = {"arch": arch, "init": init, "seed": seed, "config": config, **run(arch, init, seed)}
                     print(f"{arch} {init} seed {seed}: {record['final']:.2f} -> {store.save(record)}", file=sys.stderr)
@@ -270,6 +275,11 @@ def add_common_args(
         help=f"where results go (default: {out_dir}); finished seeds are kept in OUT_DIR/runs/",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo runs already finished in --out-dir")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report from the runs of --out-dir already finished, leaving out the others",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a few-minute smoke run (the defaults it changes are listed at the end)"
     )
@@ -339,7 +349,11 @@ def run_benchmark(
 
     store = RunStore(args.out_dir, args.overwrite)
     postprocess = getattr(args, "postprocess", None)
-    records = run_all(archs, args.init, args.seeds, store, protocol, ghn_info, run, report, postprocess)
+    records = run_all(
+        archs, args.init, args.seeds, store, protocol, ghn_info, run, report, postprocess, args.report_only
+    )
+    if not records:
+        raise SystemExit(f"no finished runs in {args.out_dir} match these options; nothing to report")
     print(Path(args.out_dir, f"{stem}.md").read_text())
     return summarise(records)
 

@@ -337,6 +337,11 @@ def test_finetune_cifar10_quick_end_to_end(tmp_path, monkeypatch):
     # Resumable: finished seeds are read back, not trained again.
     monkeypatch.setattr(finetune_cifar10, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
     assert finetune_cifar10.main([*argv, "--out-dir", str(tmp_path / "a")]) == summary
+    # --report-only: the finished seed is reported, the unfinished seed 1 is left out, nothing trains.
+    only = finetune_cifar10.main([*argv, "--out-dir", str(tmp_path / "a"), "--seeds", "0", "1", "--report-only"])
+    assert only == summary
+    with pytest.raises(SystemExit, match="nothing to report"):
+        finetune_cifar10.main([*argv, "--out-dir", str(tmp_path / "a"), "--seeds", "1", "--report-only"])
 
 
 @requires_pennfudan
