@@ -415,12 +415,7 @@ def _load_folder(folder: Path) -> GHN2 | GHN3:
             f"{folder}: missing {', '.join(missing)}; a GHN folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
             "(as written by GHN2.save_pretrained or hub/convert_ppuda.py)"
         )
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, ValueError) as err:
-        raise GHNLoadError(f"{folder / CONFIG_NAME}: not readable JSON ({err}); the file may be corrupt") from err
-    if not isinstance(config, dict):
-        raise GHNLoadError(f"{folder / CONFIG_NAME}: expected a JSON object of GHN2 arguments, got {config!r}")
+    config = _read_config(folder / CONFIG_NAME)
     check_safetensors_header(folder / WEIGHTS_NAME, config, folder)  # before from_pretrained allocates
     cls = ghn_class(config)
     try:
@@ -473,12 +468,21 @@ def _config_json(text: str, where: str) -> dict:
     return config
 
 
+def _read_config(path: Path) -> dict:
+    """The GHN config in a ``config.json`` file (errors name the file)."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise GHNLoadError(f"{path}: not readable ({err})") from err
+    return _config_json(text, str(path))
+
+
 def _load_safetensors_file(path: Path) -> GHN2 | GHN3:
     metadata = _check_safetensors(path)
     if "config" in metadata:
         config = _config_json(metadata["config"], f"{path}: the 'config' entry of its safetensors metadata")
     elif (path.parent / CONFIG_NAME).is_file():
-        config = _config_json((path.parent / CONFIG_NAME).read_text(), str(path.parent / CONFIG_NAME))
+        config = _read_config(path.parent / CONFIG_NAME)
     else:
         raise GHNLoadError(
             f"{path}: safetensors metadata has no 'config' key and there is no {CONFIG_NAME} beside it; "
