@@ -440,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     last_ckpt = time.time()
     bar = tqdm(total=total, initial=trainer.step, disable=args.quiet or rank != 0, dynamic_ncols=True, unit="step")
     stop_reason = "done"
+    stopped_together = False  # every rank left the loop at the same step (not by an error or a signal)
     try:
         while trainer.step < total:
             reason = budget_spent(args, time.time() - start, cpu_minutes())  # also when resumed past it
@@ -485,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             if now - last_ckpt > 60 * args.checkpoint_minutes:
                 checkpoint()
                 last_ckpt = now
+        stopped_together = True
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     finally:
@@ -500,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if distributed:
+            if stopped_together:
+                # Rank 0 still writes the checkpoint while the others would already tear down their
+                # gloo pairs; a rank then exiting mid-teardown was seen to abort once under load.
+                dist.barrier()
             dist.destroy_process_group()
     return 0
 
