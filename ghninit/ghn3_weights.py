@@ -94,8 +94,10 @@ class HubPickle:
             "paper": GHN3_PAPER,
         }
 
-    def fetch(self, work: Path) -> Path:
+    def fetch(self, work: Path, token: str | bool | None = None) -> Path:
         """Download the file into ``work`` with ``hf_hub_download`` (and check its sha256 when pinned).
+
+        ``token`` is passed to ``hf_hub_download`` (None: huggingface_hub's own, e.g. ``HF_TOKEN``).
 
         Raises:
             SourceUnavailable: the Hub, the repo, the revision or the file could not be reached.
@@ -106,7 +108,7 @@ class HubPickle:
         from .cache import file_sha256
 
         try:
-            path = Path(hf_hub_download(self.repo_id, self.filename, revision=self.revision, local_dir=work))
+            path = Path(hf_hub_download(self.repo_id, self.filename, revision=self.revision, local_dir=work, token=token))
         except Exception as err:  # huggingface_hub raises many types (HTTP, connection, missing entry)
             first = (str(err).strip().splitlines() or [""])[0]
             raise SourceUnavailable(f"downloading {self.url()} failed ({type(err).__name__}: {first})") from err

@@ -38,6 +38,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -253,7 +254,7 @@ def _download_known(entry: KnownGHN, name: str, revision: str | None, cache_dir,
         try:
             if isinstance(source, HubWeights):
                 return _download_hub(source, name, cache_dir, force_download, token, more=len(sources) > 1)
-            return _converted_copy(entry, source, cache_dir, force_download)
+            return _converted_copy(entry, source, cache_dir, force_download, token)
         except SourceUnavailable as err:
             tried.append(f"  {len(tried) + 1}. {source.describe()}:\n     " + str(err).replace("\n", "\n     "))
     hub = any(isinstance(s, HubWeights) for s in sources)
@@ -273,8 +274,11 @@ def _download_known(entry: KnownGHN, name: str, revision: str | None, cache_dir,
     )
 
 
-def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool) -> Path:
-    """The cached copy of a source that must be fetched and converted (e.g. an official ``.pt``)."""
+def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool, token=None) -> Path:
+    """The cached copy of a source that must be fetched and converted (e.g. an official ``.pt``).
+
+    ``token`` goes to sources on the Hub (a GHN-3 pickle); GitHub files are public and take none.
+    """
     import ghninit
 
     def convert(path: Path) -> GHN2 | GHN3:
@@ -290,7 +294,7 @@ def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool) ->
 
     return fetch_convert_store(
         converted_folder(cache_dir, entry.name, source.cache_key),
-        fetch=source.fetch,
+        fetch=partial(source.fetch, token=token) if isinstance(source, HubPickle) else source.fetch,
         convert=convert,
         provenance={**source.provenance(), "converted_by": f"ghninit {ghninit.__version__}"},
         card=lambda provenance: render_card(entry, provenance),

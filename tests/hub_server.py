@@ -47,6 +47,7 @@ class HubServer:
 
     Attributes:
         requests: ``(method, path)`` of every request received, in order.
+        authorizations: the ``Authorization`` header of every request (None when absent), in order.
         corrupt: how to damage ``.safetensors`` bodies: ``None``; ``"flip"`` (bytes changed in the
             tensor data, same size, ETag of the intact file: damage in transit or on a mirror);
             ``"truncate"`` (half the body, while HEAD announces the full size); ``"bad_upload"``
@@ -60,6 +61,7 @@ class HubServer:
     def __init__(self):
         self.repos: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
         self.corrupt: str | None = None
         self.raw: dict[str, bytes] = {}
         self.raw_delay = 0.0
@@ -101,6 +103,7 @@ class HubServer:
         """Forget the requests received so far."""
         with self._lock:
             self.requests.clear()
+            self.authorizations.clear()
 
     def __enter__(self) -> HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -116,9 +119,10 @@ class HubServer:
 
     # -- request handling ----------------------------------------------------------------------
 
-    def _record(self, method: str, path: str) -> None:
+    def _record(self, method: str, path: str, authorization: str | None = None) -> None:
         with self._lock:
             self.requests.append((method, path))
+            self.authorizations.append(authorization)
 
     def _resolve(self, repo_id: str, revision: str):
         """``(status, headers, commit, files)`` for a repo and a branch, tag or commit."""
@@ -189,7 +193,7 @@ def _make_handler(server: HubServer):
 
         def _serve(self, head: bool) -> None:
             path = urlsplit(self.path).path
-            server._record(self.command, path)
+            server._record(self.command, path, self.headers.get("Authorization"))
             parts = path.split("/")
             if parts[1] == "raw":
                 return self._raw_file(path, head)

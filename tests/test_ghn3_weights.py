@@ -18,6 +18,7 @@ import ghninit
 from ghninit.catalog import format_table
 from ghninit.ghn3_weights import (
     GHN2_RESNET50_TOP1,
+    GHN3_REPO,
     GHN3_WEIGHTS,
     GHN3ConfigError,
     HubPickle,
@@ -260,12 +261,13 @@ from ghninit.registry import KnownGHN, register_ghn
 # a GHN-3-T pinned to a sha256 its file does not have
 register_ghn(KnownGHN("test-ghn3-pinned", "ghn3-t", "imagenet", (HubPickle(GHN3_REPO, "ghn3tm8.pt", sha256="0" * 64),)))
 answers = []
-for name, revision in json.loads(sys.argv[1]):
+for name, revision, *token in json.loads(sys.argv[1]):
+    token = token[0] if token else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ghn = ghninit.load_ghn(name, revision)
-            folder = ghninit.download_ghn(name, revision)
+            ghn = ghninit.load_ghn(name, revision, token=token)
+            folder = ghninit.download_ghn(name, revision, token=token)
             row = next(r for r in ghninit.list_ghns() if r["name"] == name) if name.startswith("ghn3") else None
             answer = {"ok": True, "type": type(ghn).__name__, "config": ghn.config, "digest": state_digest(ghn),
                       "folder": str(folder), "row": row}
@@ -276,7 +278,7 @@ print("@@", json.dumps(answers))
 """
 
 
-def _run(env: dict, *loads: tuple[str, str | None]) -> list[dict]:
+def _run(env: dict, *loads: tuple[str, str | None] | tuple[str, str | None, str]) -> list[dict]:
     cmd = [sys.executable, "-c", _SCRIPT, json.dumps(loads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -342,12 +344,18 @@ def test_ghn3_t_by_name_downloads_from_the_hub_once_then_loads_from_the_cache(tm
 
         # 4. a file the Hub does not have, a pinned sha256 that does not match, an explicit revision
         server.reset()
-        missing, pinned, by_commit = _run(env, ("ghn3-s", None), ("test-ghn3-pinned", None), ("ghn3-t", commit))
+        missing, pinned, by_commit = _run(
+            env, ("ghn3-s", None), ("test-ghn3-pinned", None, "hf_test_token"), ("ghn3-t", commit)
+        )
+        sent = {(path, auth) for (method, path), auth in zip(server.requests, server.authorizations) if method == "GET"}
     assert not missing["ok"] and missing["type"] == "GHNLoadError", missing
     for needle in ("no source could provide it", "1. Hub file ghn3sm8.pt of SamsungSAILMontreal/ghn3", "EntryNotFound"):
         assert needle in missing["message"], f"{needle!r} not in:\n{missing['message']}"
     assert not pinned["ok"] and pinned["type"] == "GHNLoadError", pinned
     assert "is not the pinned file" in pinned["message"] and f"expected {'0' * 64}" in pinned["message"]
+    pinned_file = f"/{GHN3_REPO}/resolve/main/ghn3tm8.pt"
+    assert (pinned_file, "Bearer hf_test_token") in sent, f"the token reaches the Hub download: {sent}"
+    assert all(auth is None for path, auth in sent if "ghn3sm8" in path or commit in path), "no token where none was given"
     assert by_commit["ok"] and by_commit["folder"] == str(cache / "ghn3-t" / f"hub-{commit}"), by_commit
     assert by_commit["digest"] == expected
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == ["ghn3-t"], "nothing else cached"
