@@ -74,7 +74,9 @@ class GraphRules:
             torchvision's Swin patch merging, which GHN-3 rewires in line; weight nodes without
             inputs are fed by the input node.
         generation_order: nodes ordered by depth level (longest path from a source), as
-            networkx's topological sort orders them; the classifier is the last two nodes.
+            networkx's topological sort orders them; the classifier is the last two nodes; a
+            positional-embedding source node then moves to just before the node it feeds (GHN-3
+            inserts it there after sorting).
     """
 
     name: str
@@ -477,6 +479,7 @@ def build_graph(
     nodes, real = _in_topological_order(nodes, real)
     if rules.generation_order:
         nodes, real = _in_generation_order(nodes, real)
+        nodes, real = _pos_enc_before_consumer(nodes, real)
     if rules.pool_before_classifier:
         nodes, real = _pool_before_classifier(nodes, real)
     uncovered = {
@@ -516,6 +519,23 @@ def _in_generation_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node
     """Stable reorder by longest path from a source (nodes must be in topological order)."""
     levels = _longest_path_levels(len(nodes), real[:, 0], real[:, 1])
     order = np.concatenate(levels) if levels else np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(nodes), dtype=np.int64)
+    rank[order] = np.arange(len(nodes))
+    return [nodes[i] for i in order], rank[real]
+
+
+def _pos_enc_before_consumer(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+    """Move each ``pos_enc`` source node with one successor to just before that successor."""
+    sources = set(range(len(nodes))) - set(real[:, 1].tolist())
+    moved: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        successors = real[real[:, 0] == i, 1]
+        if node.primitive == "pos_enc" and i in sources and len(successors) == 1:
+            moved.setdefault(int(successors[0]), []).append(i)
+    if not moved:
+        return nodes, real
+    skip = {i for group in moved.values() for i in group}
+    order = [j for i in range(len(nodes)) if i not in skip for j in (*moved.get(i, ()), i)]
     rank = np.empty(len(nodes), dtype=np.int64)
     rank[order] = np.arange(len(nodes))
     return [nodes[i] for i in order], rank[real]

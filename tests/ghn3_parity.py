@@ -2,9 +2,9 @@
 
 The fixture format and tolerances are those of ``../shared/fixtures/ghn3_reference/README.md``:
 relative 1e-4 on ``sum``/``abs_sum``/``sq_sum`` (scale max(|ref|, 1e-3 * abs_sum, 1e-6)), 1e-5 absolute
-(+ 1e-4 relative) per sample, over the elements outside ``fingerprint_excludes``. Graph nodes are
-matched by label (parameter name, or primitive for op nodes), since the reference orders parallel
-branches by networkx's topological sort, and predictions do not depend on node order.
+(+ 1e-4 relative) per sample, over the elements outside ``fingerprint_excludes``. Graphs must match
+node by node, in order (label: parameter name, or primitive for op nodes, and every per-node field),
+and edge by edge (indices and weights).
 """
 
 from __future__ import annotations
@@ -121,19 +121,17 @@ def fixture_records(fixture: dict) -> list[tuple]:
 
 
 def compare_graph(graph: Graph, ghn: GHN3, fixture: dict) -> list[str]:
-    """Differences in nodes (with all per-node fields) and in real and virtual edges, as multisets."""
+    """Differences in nodes (in order, with all per-node fields) and in real and virtual edges (by index)."""
     ours, theirs = node_records(graph, ghn), fixture_records(fixture)
     problems = []
-    a, b = Counter(map(repr, ours)), Counter(map(repr, theirs))
-    if a != b:
-        problems.append(
-            f"nodes differ: only ours {list((a - b).elements())[:4]}, only reference {list((b - a).elements())[:4]}"
-        )
-    if ours[0][0] != "input":
-        problems.append("node 0 is not the input")
-    labels_ours, labels_ref = [r[0] for r in ours], [r[0] for r in theirs]
-    ea = Counter((labels_ours[s], labels_ours[d], w) for s, d, w in graph.edges.tolist())
-    eb = Counter((labels_ref[s], labels_ref[d], w) for s, d, w in fixture["edges"])
+    if len(ours) != len(theirs):
+        problems.append(f"{len(ours)} nodes, the reference has {len(theirs)}")
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if a != b:
+            problems.append(f"node {i} differs: ours {a}, reference {b}")
+            break
+    ea = Counter(tuple(e) for e in graph.edges.tolist())
+    eb = Counter(tuple(e) for e in fixture["edges"])
     if ea != eb:
         problems.append(
             f"edges differ: only ours {list((ea - eb).elements())[:4]}, only reference {list((eb - ea).elements())[:4]}"
