@@ -277,7 +277,7 @@ def _download_known(entry: KnownGHN, name: str, revision: str | None, cache_dir,
 def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool, token=None) -> Path:
     """The cached copy of a source that must be fetched and converted (e.g. an official ``.pt``).
 
-    ``token`` goes to sources on the Hub (a GHN-3 pickle); GitHub files are public and take none.
+    ``token`` is handed to the source's ``fetch`` (used by sources on the Hub, such as a GHN-3 pickle).
     """
     import ghninit
 
@@ -294,7 +294,7 @@ def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool, to
 
     return fetch_convert_store(
         converted_folder(cache_dir, entry.name, source.cache_key),
-        fetch=partial(source.fetch, token=token) if isinstance(source, HubPickle) else source.fetch,
+        fetch=partial(source.fetch, token=token),
         convert=convert,
         provenance={**source.provenance(), "converted_by": f"ghninit {ghninit.__version__}"},
         card=lambda provenance: render_card(entry, provenance),

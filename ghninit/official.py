@@ -76,8 +76,10 @@ class OfficialFile:
             "license": self.license,
         }
 
-    def fetch(self, work: Path) -> Path:
+    def fetch(self, work: Path, token: str | bool | None = None) -> Path:
         """Download the file into ``work`` and check its git blob SHA-1; returns its path.
+
+        ``token`` is ignored: the file is public on GitHub, not on the Hub.
 
         Raises:
             SourceUnavailable: the file could not be downloaded (network, HTTP error, cut short).

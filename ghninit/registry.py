@@ -72,8 +72,9 @@ class ConvertedSource(Protocol):
         """What the model card and ``provenance.json`` record about the source."""
         ...
 
-    def fetch(self, work: Path) -> Path:
+    def fetch(self, work: Path, token: str | bool | None = None) -> Path:
         """Download into the empty folder ``work`` and verify against the pinned hash; returns the file.
+        ``token`` is the caller's Hub token (sources not on the Hub ignore it).
         Raises :class:`~ghninit.errors.SourceUnavailable` when unreachable, ``GHNLoadError`` on a mismatch."""
         ...
 

@@ -322,7 +322,7 @@ class FakeSource:
     def provenance(self) -> dict:
         return {"source": "fake", "license": "MIT"}
 
-    def fetch(self, work: Path) -> Path:
+    def fetch(self, work: Path, token=None) -> Path:
         self.calls.append(self.label)
         if self.fails:
             raise GHNLoadError(f"{self.label}: its hash does not match")
