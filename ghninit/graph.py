@@ -526,11 +526,11 @@ def _in_generation_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node
 
 def _pos_enc_before_consumer(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
     """Move each ``pos_enc`` source node with one successor to just before that successor."""
-    sources = set(range(len(nodes))) - set(real[:, 1].tolist())
+    fed = set(real[:, 1].tolist())
     moved: dict[int, list[int]] = {}
-    for i, node in enumerate(nodes):
+    for i in (i for i, node in enumerate(nodes) if node.primitive == "pos_enc" and i not in fed):
         successors = real[real[:, 0] == i, 1]
-        if node.primitive == "pos_enc" and i in sources and len(successors) == 1:
+        if len(successors) == 1:
             moved.setdefault(int(successors[0]), []).append(i)
     if not moved:
         return nodes, real
