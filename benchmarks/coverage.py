@@ -82,7 +82,7 @@ def measure_meta(name: str, ghn: ghninit.GHN2) -> dict:
     """Build a timm model on the meta device, graph it and predict without writing; never raises."""
     import timm
 
-    from ghninit.write import prepare
+    from ghninit.write.assign import prepare
 
     row: dict = {"model": name, "error": None}
     start = time.perf_counter()

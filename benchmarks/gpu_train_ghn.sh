@@ -16,7 +16,7 @@ usage: benchmarks/gpu_train_ghn.sh [-h] TAR_GZ INIT SEED BUDGET_SECONDS
 
   TAR_GZ          tar.gz holding cifar10-jpeg/train/<class>/*.jpg, e.g. made here with
                   tar czf .device/cifar10-train.tar.gz -C ../shared/data cifar10-jpeg/train
-  INIT            GHN weights to start from (e.g. ghninit/weights/cifar10-mini.safetensors)
+  INIT            GHN weights to start from (e.g. ghninit/zoo/weights/cifar10-mini.safetensors)
   SEED            training seed (architectures, images, dropout)
   BUDGET_SECONDS  wall seconds for the whole script; the run stops 30 s before it
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.recipe:
-        from ghninit.ghn3_weights import ghn3_from_state_dict, state_dict_from_recipe
+        from ghninit.zoo.ghn3_weights import ghn3_from_state_dict, state_dict_from_recipe
 
         recipe = json.loads(args.recipe.read_text())
         ghn, ghn_name = ghn3_from_state_dict(state_dict_from_recipe(recipe), recipe["config"]).eval(), recipe["name"]

@@ -43,8 +43,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ghninit.data import TrainBatches, imagenet_loaders, load_cifar10  # noqa: E402
-from ghninit.train import PHASES, PRESETS, ArchitecturePrefetcher, TrainConfig, Trainer  # noqa: E402
+from ghninit.ghn.presets import PRESETS  # noqa: E402
+from ghninit.training.data import TrainBatches, imagenet_loaders, load_cifar10  # noqa: E402
+from ghninit.training.trainer import PHASES, ArchitecturePrefetcher, TrainConfig, Trainer  # noqa: E402
 
 CSV_FIELDS = [
     "step",

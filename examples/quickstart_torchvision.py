@@ -19,7 +19,7 @@ import torchvision
 
 import ghninit
 from ghninit.adapt import adapt_to_cifar
-from ghninit.data import ImageTensors, load_cifar10
+from ghninit.training.data import ImageTensors, load_cifar10
 
 
 def build(name: str, num_classes: int, cifar: bool) -> torch.nn.Module:

@@ -3,7 +3,7 @@
 Trains the same timm model from several starts for the same few steps, on the same batches, and
 prints their losses side by side: timm's own initialisation, the GHN's prediction, and the GHN's
 prediction post-processed for fine-tuning (``postprocess=True``: each conv/linear weight but the
-classifier made orthogonal, as Knyazev, arXiv 2207.10049 recommends; see ghninit.postprocess). Pass an ImageFolder with
+classifier made orthogonal, as Knyazev, arXiv 2207.10049 recommends; see ghninit.write.postprocess). Pass an ImageFolder with
 --data-dir (e.g. ../shared/data/cifar10-jpeg/train) to train on real images; without it the loop
 runs on torchvision's FakeData (random images and labels: the loss can only fall by memorising
 them), so it runs anywhere in about a minute.

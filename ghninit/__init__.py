@@ -1,20 +1,24 @@
-"""ghninit: initialise any PyTorch model with parameters predicted by a Graph HyperNetwork (GHN-2).
+"""ghninit: initialise any PyTorch model with parameters predicted by a Graph HyperNetwork (GHN-2, GHN-3).
 
 >>> import ghninit, torchvision
 >>> model = torchvision.models.resnet50()
->>> report = ghninit.initialize(model, ghn="ghn2_imagenet.safetensors")
+>>> report = ghninit.initialize(model, ghn="cifar10-mini")
+
+The package follows the data flow: :mod:`ghninit.graph` (model -> GHN graph), :mod:`ghninit.ghn`
+(the hypernetworks), :mod:`ghninit.write` (predicted tensors -> the model's parameters), with
+:mod:`ghninit.zoo` (where GHN weights come from) and :mod:`ghninit.training` /
+:mod:`ghninit.deepnets` (how GHNs are trained); :func:`initialize` joins them. See docs/design.md.
 """
 
-from .catalog import list_ghns
+from .errors import GHNLoadError, PredictionError, ShardedModelError, TraceError
 from .ghn import GHN2, GHN3
-from .graph import Graph, Node, build_graph
-from .hub import GHNLoadError, download_ghn, load_ghn
+from .graph.build import Graph, Node, build_graph
+from .graph.trace import register_leaf_module
 from .initializer import initialize
-from .postprocess import Orthogonalize, orthogonalize_
 from .report import Report
-from .trace import TraceError, register_leaf_module
-from .wrapped import ShardedModelError
-from .write import PredictionError
+from .write.postprocess import Orthogonalize, orthogonalize_
+from .zoo.catalog import list_ghns
+from .zoo.hub import download_ghn, load_ghn
 
 __all__ = [
     "GHN2",

@@ -33,7 +33,7 @@ def _configure_list(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from .catalog import format_table, list_ghns
+    from .zoo.catalog import format_table, list_ghns
 
     rows = list_ghns(args.cache_dir)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
@@ -47,7 +47,7 @@ def _configure_download(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from .hub import GHNLoadError, download_ghn
+    from .zoo.hub import GHNLoadError, download_ghn
 
     status = 0
     for name in args.names:
@@ -71,7 +71,7 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from .check import check_paramnorm
+    from .zoo.check import check_paramnorm
 
     try:
         result = check_paramnorm(args.ghn, args.model, args.weights)

@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 
 from .ghn import GHN2, GHN3
-from .graph import GHN2_RULES, build_graph
-from .hub import load_ghn
-from .meta import materialize, target_device
-from .postprocess import Orthogonalize, plan, resolve_postprocess
+from .graph.build import GHN2_RULES, build_graph
 from .report import Report
-from .wrapped import unwrap
-from .write import prepare, reset_batchnorm_statistics, write
+from .write.assign import prepare, reset_batchnorm_statistics, write
+from .write.meta import materialize, target_device
+from .write.postprocess import Orthogonalize, plan, resolve_postprocess
+from .write.wrapped import unwrap
+from .zoo.hub import load_ghn
 
 
 def initialize(
@@ -45,7 +45,7 @@ def initialize(
             ``False`` always predicts it (tiled to the model's classes).
         leaf_modules: module types not to trace into (their parameters keep their init).
         postprocess: post-process the predicted conv/linear weights before writing them (see
-            :mod:`ghninit.postprocess`): ``None`` (default, none), ``True`` or ``"orth"`` (the recipe
+            :mod:`ghninit.write.postprocess`): ``None`` (default, none), ``True`` or ``"orth"`` (the recipe
             of Knyazev, arXiv 2207.10049: orthogonalise every predicted conv/linear weight but the
             classifier; use it before fine-tuning), ``"orth-he"`` (the same with He's norms) or an
             :class:`Orthogonalize`.

@@ -3,9 +3,9 @@
     python hub/convert_ppuda.py ghn2_imagenet.pt out/ghn2-imagenet
 
 reads SRC.pt with ``torch.load(weights_only=True)`` only (tensors and plain containers, no code),
-recognises it by its git blob SHA-1 among the pinned official files (``ghninit.registry``), writes
+recognises it by its git blob SHA-1 among the pinned official files (``ghninit.zoo.registry``), writes
 OUT_DIR/config.json, OUT_DIR/model.safetensors (``save_pretrained``, the huggingface_hub mixin),
-OUT_DIR/provenance.json and a model card OUT_DIR/README.md (``ghninit.cards``: source repository,
+OUT_DIR/provenance.json and a model card OUT_DIR/README.md (``ghninit.zoo.cards``: source repository,
 commit, path, blob SHA-1, sha256 of the converted weights, license, published accuracy), then
 checks that the converted folder holds exactly the same tensors and predicts exactly the same
 parameters as the ``.pt`` loaded directly. OUT_DIR appears only once that check has passed.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
-    from ghninit.hub import file_sha256
+    from ghninit.zoo.hub import file_sha256
 
     return file_sha256(path)
 
@@ -33,9 +33,9 @@ def identify(src: Path, config: dict, name: str | None = None):
     The file is recognised by its git blob SHA-1 among the pinned official files; otherwise the
     known GHN is ``name``, or the one whose variant and class count match the checkpoint's config.
     """
-    from ghninit.cache import git_blob_sha1
-    from ghninit.official import OfficialFile
-    from ghninit.registry import DATASETS, KNOWN_GHNS, known_ghns, variant_of
+    from ghninit.zoo.cache import git_blob_sha1
+    from ghninit.zoo.official import OfficialFile
+    from ghninit.zoo.registry import DATASETS, KNOWN_GHNS, known_ghns, variant_of
 
     blob = git_blob_sha1(src)
     for entry in known_ghns():
@@ -69,7 +69,7 @@ def build_model(name: str, dataset: str):
     import torchvision
 
     torch.manual_seed(0)
-    from ghninit.registry import DATASETS
+    from ghninit.zoo.registry import DATASETS
 
     model = getattr(torchvision.models, name)(num_classes=DATASETS[dataset].num_classes)
     if dataset == "cifar10":
@@ -87,7 +87,7 @@ def verify(src: Path, folder: Path, dataset: str, models: list[str]) -> list[str
     """
     import torch
 
-    from ghninit.hub import ghn_from_reference_checkpoint, load_ghn
+    from ghninit.zoo.hub import ghn_from_reference_checkpoint, load_ghn
 
     direct, converted = ghn_from_reference_checkpoint(src).eval(), load_ghn(folder)
     a, b = direct.state_dict(), converted.state_dict()
@@ -112,9 +112,9 @@ def convert(src: Path, out: Path, name: str | None = None, models: list[str] = (
     import torch
 
     import ghninit
-    from ghninit.cache import staged_folder, write_ghn_folder
-    from ghninit.cards import render_card
-    from ghninit.hub import GHNLoadError, ghn_from_reference_checkpoint
+    from ghninit.zoo.cache import staged_folder, write_ghn_folder
+    from ghninit.zoo.cards import render_card
+    from ghninit.zoo.hub import GHNLoadError, ghn_from_reference_checkpoint
 
     src, out = Path(src), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -149,7 +149,7 @@ def convert(src: Path, out: Path, name: str | None = None, models: list[str] = (
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; see ``--help``."""
-    from ghninit.registry import KNOWN_GHNS
+    from ghninit.zoo.registry import KNOWN_GHNS
 
     parser = argparse.ArgumentParser(
         description="Convert an official GHN checkpoint (ppuda .pt: GHN-2, GHN-1 or MLP) into the ghninit layout "

@@ -23,7 +23,7 @@ FILES = ("config.json", "model.safetensors", "README.md")
 
 
 def _sha256(path: Path) -> str:
-    from ghninit.hub import file_sha256
+    from ghninit.zoo.hub import file_sha256
 
     return file_sha256(path)
 
@@ -37,7 +37,7 @@ def check_folder(folder: Path) -> dict[str, dict]:
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         raise SystemExit(f"{folder}: missing {', '.join(missing)}; create it with hub/convert_ppuda.py")
-    from ghninit.hub import GHNLoadError, load_ghn
+    from ghninit.zoo.hub import GHNLoadError, load_ghn
 
     try:
         load_ghn(folder)

@@ -4,11 +4,11 @@
         --eval runs/eval/mini_test100.json --baseline runs/eval/he_test100.json
 
 copies ``RUN_DIR/final/ghn.safetensors`` (byte for byte, config in its metadata) to
-``ghninit/weights/NAME.safetensors`` and writes its card ``ghninit/weights/NAME.json``: the file's
+``ghninit/zoo/weights/NAME.safetensors`` and writes its card ``ghninit/zoo/weights/NAME.json``: the file's
 sha256 (checked by ``ghninit.load_ghn(NAME)`` on every load), the GHN config, how it was trained
 (training config, steps, epochs, CPU-minutes and the last 50 steps' batch loss and top-1, all read
 from the run's ``log.csv``) and, when given, the summaries of ``benchmarks/eval_ghn.py`` JSON files
-for the GHN and for a baseline. The name must also be listed in ``ghninit.hub.SHIPPED_GHNS``.
+for the GHN and for a baseline. The name must also be listed in ``ghninit.zoo.hub.SHIPPED_GHNS``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "ghninit" / "weights"
+PACKAGE_WEIGHTS = Path(__file__).resolve().parents[1] / "ghninit" / "zoo" / "weights"
 
 
 def training_summary(run_dir: Path, last: int = 50) -> dict:
@@ -80,13 +80,13 @@ def ship(
     note: str = "",
 ) -> Path:
     """Copy the run's final GHN into the package and write its card; returns the card's path."""
-    from ghninit.hub import SHIPPED_GHNS, file_sha256, load_ghn
+    from ghninit.zoo.hub import SHIPPED_GHNS, file_sha256, load_ghn
 
     source = run_dir / "final" / "ghn.safetensors"
     if not source.is_file():
         raise SystemExit(f"{source}: missing; train_ghn.py writes it when a run ends")
     if name not in SHIPPED_GHNS:
-        raise SystemExit(f"add {name!r} to ghninit.hub.SHIPPED_GHNS first, so that load_ghn({name!r}) finds it")
+        raise SystemExit(f"add {name!r} to ghninit.zoo.hub.SHIPPED_GHNS first, so that load_ghn({name!r}) finds it")
     ghn = load_ghn(source)  # refuse to ship a file that does not load
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}.safetensors"

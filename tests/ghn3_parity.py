@@ -18,7 +18,7 @@ from conftest import LOCAL_FIXTURES, SHARED_DIR
 
 from ghninit.ghn.ghn3 import GHN3, adjacency_matrix
 from ghninit.ghn.graphormer import structure_indices
-from ghninit.graph import Graph
+from ghninit.graph.build import Graph
 
 GHN3_DIR = SHARED_DIR / "fixtures" / "ghn3_reference"
 SUM_RTOL, SAMPLE_ATOL, SAMPLE_RTOL = 1e-4, 1e-5, 1e-4

@@ -362,9 +362,9 @@ def worker_main() -> None:
     from parity import build_model, compare, load_fixture
 
     import ghninit
-    import ghninit.hub
-    from ghninit.official import OfficialFile
-    from ghninit.registry import KNOWN_GHNS, HubWeights, KnownGHN, register_ghn
+    import ghninit.zoo.hub
+    from ghninit.zoo.official import OfficialFile
+    from ghninit.zoo.registry import KNOWN_GHNS, HubWeights, KnownGHN, register_ghn
 
     print(RESPONSE_PREFIX + json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

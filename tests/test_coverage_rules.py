@@ -73,7 +73,7 @@ def test_functional_linear_on_a_parameter_is_a_layer(ghn):
 def test_user_leaf_modules_stay_leaves_even_for_timm_notrace_types():
     from timm.models.nfnet import NormFreeBlock
 
-    from ghninit.trace import trace
+    from ghninit.graph.trace import trace
 
     with torch.device("meta"):
         model = timm.create_model("nfnet_f0")

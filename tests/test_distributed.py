@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ghninit.data import ImageTensors, TrainBatches
-from ghninit.train import TrainConfig, Trainer
+from ghninit.training.data import ImageTensors, TrainBatches
+from ghninit.training.trainer import TrainConfig, Trainer
 
 # Adam's eps is raised so that parameters with near-zero gradients do not turn float rounding
 # noise into lr-sized updates (with eps=1e-8, g / sqrt(v) is +-1 for any tiny g): the comparison

@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO_DIR
 from ghn3_parity import ghn3_file, load_fixture
 
-from ghninit.check import CheckResult, check_paramnorm, published, published_paramnorm
-from ghninit.ghn3_weights import GHN3_WEIGHTS
+from ghninit.zoo.check import CheckResult, check_paramnorm, published, published_paramnorm
+from ghninit.zoo.ghn3_weights import GHN3_WEIGHTS
 
 
 def test_published_figures_and_table_agree():

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import ghninit
-from ghninit.graph import GHN2_RULES, GHN3_RULES, build_graph
+from ghninit.graph.build import GHN2_RULES, GHN3_RULES, build_graph
 
 
 def _primitives(model: nn.Module, rules) -> Counter:

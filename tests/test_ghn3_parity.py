@@ -25,7 +25,7 @@ from ghn3_parity import (
 from parity import build_model
 
 import ghninit
-from ghninit.ghn3_weights import ghn3_from_state_dict, state_dict_from_recipe
+from ghninit.zoo.ghn3_weights import ghn3_from_state_dict, state_dict_from_recipe
 
 FIXTURES = sorted(GHN3_DIR.glob("*__*.json")) if GHN3_DIR.is_dir() else []
 T_FIXTURES = [p for p in FIXTURES if p.name.startswith("ghn3tm8_random__")]

@@ -15,8 +15,8 @@ from ghn3_parity import ghn3_file
 from hub_server import HubServer, state_digest, worker_env
 
 import ghninit
-from ghninit.catalog import format_table
-from ghninit.ghn3_weights import (
+from ghninit.zoo.catalog import format_table
+from ghninit.zoo.ghn3_weights import (
     GHN2_RESNET50_TOP1,
     GHN3_REPO,
     GHN3_WEIGHTS,
@@ -25,8 +25,8 @@ from ghninit.ghn3_weights import (
     ghn3_from_state_dict,
     infer_ghn3_config,
 )
-from ghninit.registry import KNOWN_GHNS, variant_of
-from ghninit.safe_pickle import UnsafePickleError, load_state_dict_pickle
+from ghninit.zoo.registry import KNOWN_GHNS, variant_of
+from ghninit.zoo.safe_pickle import UnsafePickleError, load_state_dict_pickle
 
 # Published sizes: hid, layers, heads, c. T, L and XL as pinned by the fixture README (their
 # parameter counts match the published files); S's layer count is not published: any count is
@@ -156,8 +156,8 @@ def test_config_inference_errors_name_the_problem():
 
 
 def test_conversion_round_trip(tmp_path):
-    from ghninit.cache import write_ghn_folder
-    from ghninit.cards import render_card
+    from ghninit.zoo.cache import write_ghn_folder
+    from ghninit.zoo.cards import render_card
 
     state = _tiny_state()
     source = tmp_path / "tiny.joblib"
@@ -189,7 +189,7 @@ def test_conversion_round_trip(tmp_path):
 
 
 def test_the_four_names_are_known_ghns_with_their_hub_files_and_figures(tmp_path):
-    from ghninit.check import published
+    from ghninit.zoo.check import published
 
     top1 = published()["top1"]
     assert GHN2_RESNET50_TOP1 == top1["ghn2-imagenet"]["resnet50"]
@@ -255,8 +255,8 @@ def test_offline_without_cache_names_the_hub_file_and_how_to_prefill(tmp_path, m
 _SCRIPT = """
 import json, sys, warnings, ghninit
 from hub_server import state_digest
-from ghninit.ghn3_weights import GHN3_REPO, HubPickle
-from ghninit.registry import KnownGHN, register_ghn
+from ghninit.zoo.ghn3_weights import GHN3_REPO, HubPickle
+from ghninit.zoo.registry import KnownGHN, register_ghn
 
 # a GHN-3-T pinned to a sha256 its file does not have
 register_ghn(KnownGHN("test-ghn3-pinned", "ghn3-t", "imagenet", (HubPickle(GHN3_REPO, "ghn3tm8.pt", sha256="0" * 64),)))
@@ -286,7 +286,7 @@ def _run(env: dict, *loads: tuple[str, str | None] | tuple[str, str | None, str]
 
 
 def test_ghn3_t_by_name_downloads_from_the_hub_once_then_loads_from_the_cache(tmp_path):
-    from ghninit.cache import file_sha256
+    from ghninit.zoo.cache import file_sha256
 
     joblib_path = _joblib()
     expected = state_digest(ghninit.load_ghn(joblib_path))

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ghninit
-from ghninit.graph import shortest_path_lengths
+from ghninit.graph.build import shortest_path_lengths
 
 
 def prims(graph):

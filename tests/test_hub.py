@@ -22,7 +22,7 @@ from parity import build_model, compare, load_fixture
 from safetensors.torch import load_file, save_file
 
 import ghninit
-from ghninit.hub import GHNLoadError, load_ghn
+from ghninit.zoo.hub import GHNLoadError, load_ghn
 
 REPO_IMAGENET = "test-org/ghn2-imagenet"
 REPO_CIFAR = "test-org/ghn2-cifar10"
@@ -61,7 +61,7 @@ def test_convert_writes_hub_layout_and_model_card(converted):
             "model.safetensors",
             "provenance.json",
         ]
-        direct = ghninit.hub.ghn_from_reference_checkpoint(conv.src)
+        direct = ghninit.zoo.hub.ghn_from_reference_checkpoint(conv.src)
         assert json.loads((conv.folder / "config.json").read_text()) == direct.config
         assert conv.digest == state_digest(direct), "converted tensors differ from the .pt"
         assert conv.summary["checks"] and all("identical" in line for line in conv.summary["checks"])
@@ -80,7 +80,7 @@ def test_convert_writes_hub_layout_and_model_card(converted):
             "library_name: ghninit",
         ):
             assert needle in card, f"{dataset} model card lacks {needle!r}"
-        official = ghninit.registry.KNOWN_GHNS[dataset].sources[-1]
+        official = ghninit.zoo.registry.KNOWN_GHNS[dataset].sources[-1]
         assert conv.summary["name"] == f"ghn2-{dataset}" and not conv.summary["official"]
         # a random fixture is not the official file: the card says so, naming both blob SHA-1s
         assert "is not the pinned official file" in card and official.blob_sha1 in card

@@ -241,7 +241,7 @@ def test_fsdp_is_refused_with_the_fix(ghn, process_group):
 
 def test_dtensor_parameters_are_refused(ghn, monkeypatch):
     """A stand-in for tensor parallelism: any DTensor parameter is a sharded model."""
-    import ghninit.wrapped as wrapped
+    import ghninit.write.wrapped as wrapped
 
     model = small_resnet()
     monkeypatch.setattr(wrapped, "_is_dtensor", lambda t: t is model.layer2[0].conv1.weight)
@@ -311,7 +311,7 @@ def test_meta_model_with_an_unrecoverable_buffer_fails_before_allocating(ghn):
 
 
 def test_meta_materialisation_rolls_back_on_failure(ghn, monkeypatch):
-    import ghninit.meta as meta
+    import ghninit.write.meta as meta
 
     with torch.device("meta"):
         model = small_resnet()

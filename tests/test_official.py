@@ -4,7 +4,7 @@ A local server on 127.0.0.1 (:class:`hub_server.HubServer`) stands in for GitHub
 endpoint through ``GHNINIT_OFFICIAL_URL``. The files it serves are random GHN-2, GHN-1 and MLP
 GHNs written here in the reference's ``.pt`` format (``state_dict``, ``optimzer``, ``epoch``,
 ``config``), and registered as known GHNs pinned by path and git blob SHA-1 with
-:func:`ghninit.registry.register_ghn`: the checks are the real ones, only the pinned table differs.
+:func:`ghninit.zoo.registry.register_ghn`: the checks are the real ones, only the pinned table differs.
 Most tests run in this process (ghninit reads ``GHNINIT_*`` at each call); huggingface_hub's
 ``HF_HUB_OFFLINE`` and concurrent loading run in worker processes. No other address is used.
 """
@@ -29,12 +29,13 @@ from conftest import REPO_DIR
 from hub_server import HubServer, Worker, seeded_resnet18, state_digest, worker_env
 
 import ghninit
-from ghninit.cache import file_sha256, git_blob_sha1
 from ghninit.errors import GHNLoadError, SourceUnavailable
-from ghninit.hub import ghn_from_reference_checkpoint, load_ghn
-from ghninit.official import PPUDA_COMMIT, OfficialFile
-from ghninit.registry import KNOWN_GHNS, ConvertedSource, HubWeights, KnownGHN, register_ghn, variant_of
-from ghninit.train import PRESETS, TrainConfig
+from ghninit.ghn.presets import PRESETS
+from ghninit.training.trainer import TrainConfig
+from ghninit.zoo.cache import file_sha256, git_blob_sha1
+from ghninit.zoo.hub import ghn_from_reference_checkpoint, load_ghn
+from ghninit.zoo.official import PPUDA_COMMIT, OfficialFile
+from ghninit.zoo.registry import KNOWN_GHNS, ConvertedSource, HubWeights, KnownGHN, register_ghn, variant_of
 
 # The table of the issue, read from the pinned commit's tree and README ("Available GHNs").
 OFFICIAL = {

@@ -1,4 +1,4 @@
-"""Post-processing of initial parameters (ghninit.postprocess): orthogonality, what is left alone, determinism."""
+"""Post-processing of initial parameters (ghninit.write.postprocess): orthogonality, what is left alone, determinism."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn as nn
 from conftest import LOCAL_FIXTURES
 
 import ghninit
-from ghninit.postprocess import Orthogonalize, plan, resolve_postprocess
+from ghninit.write.postprocess import Orthogonalize, plan, resolve_postprocess
 
 
 class Net(nn.Module):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ghninit.tensors import normalize, tile
+from ghninit.write.tensors import normalize, tile
 
 
 def test_tiling_repeats_channels_cyclically_and_slices_spatial():
@@ -48,7 +48,7 @@ def test_normalisation():
 
 
 def test_write_tiled_equals_tile():
-    from ghninit.tensors import write_tiled
+    from ghninit.write.tensors import write_tiled
 
     for block_shape, shape in [
         ((64, 64, 3, 3), (130, 70, 3, 3)),

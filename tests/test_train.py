@@ -14,9 +14,9 @@ import torch.nn as nn
 
 import ghninit
 from ghninit import build_graph, deepnets
-from ghninit.data import ImageTensors, TrainBatches
-from ghninit.train import (
-    PRESETS,
+from ghninit.ghn.presets import PRESETS
+from ghninit.training.data import ImageTensors, TrainBatches
+from ghninit.training.trainer import (
     ArchitecturePrefetcher,
     TrainConfig,
     Trainer,
@@ -162,7 +162,7 @@ def _load_script(name: str):
 def _image_folder(root, per_class: int = 2) -> None:
     from PIL import Image
 
-    from ghninit.data import CIFAR10_CLASSES
+    from ghninit.training.data import CIFAR10_CLASSES
 
     g = torch.Generator().manual_seed(0)
     for part in ("train", "test"):
@@ -301,7 +301,7 @@ def test_gpu_training_script_usage():
 
 def test_image_folder_cifar_is_in_a_fixed_mixed_order(tmp_path, monkeypatch):
     """Sequential test batches must mix classes: BatchNorm uses test-batch statistics."""
-    from ghninit.data import load_cifar10
+    from ghninit.training.data import load_cifar10
 
     monkeypatch.setenv("GHNINIT_CACHE", str(tmp_path / "cache"))
     _image_folder(tmp_path / "data", per_class=3)

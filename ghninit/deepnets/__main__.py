@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from ..graph import build_graph
+from ..graph.build import build_graph
 from .generator import SPLITS, describe, generate
 
 # What the paper (Table 1, appendix A.2) and the reference generator fix for each split; "-" where

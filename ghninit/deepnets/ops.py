@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..primitives import NodeSpec, register_module
+from ..graph.primitives import NodeSpec, register_module
 
 
 def norm_layer(norm: str | None, channels: int) -> nn.Module:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import torch
 from safetensors import SafetensorError, safe_open
 
+from ..errors import GHNLoadError
 from .model import GHN2
 
 IGNORED_KEYS = ("debug_level", "pretrained")  # written by the reference implementations; no effect on weights
@@ -70,8 +71,6 @@ CHECKS: dict[str, Callable[[object], str | None]] = {
 
 
 def _fail(message: str):
-    from ..hub import GHNLoadError  # hub imports this module: import the error when it is raised
-
     raise GHNLoadError(message)
 
 

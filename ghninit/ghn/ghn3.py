@@ -4,7 +4,7 @@ GHN-3 ("Can We Scale Transformers to Predict Parameters of Diverse ImageNet Mode
 keeps GHN-2's primitive and shape embeddings, output normalisation and 1-D decoders, and replaces
 the gated graph network with Graphormer layers (:mod:`.graphormer`) and the decoder with one
 that reads centred windows (:mod:`.centred_decoder`). Graphs are built with
-:data:`ghninit.graph.GHN3_RULES`. Tensors are grouped by the reference's shape key before
+:data:`ghninit.graph.build.GHN3_RULES`. Tensors are grouped by the reference's shape key before
 decoding (:func:`decoder_key`), so a group's tensors are decoded in one batch. State-dict
 compatible with the published files (``SamsungSAILMontreal/ghn3``) and savable through
 ``PyTorchModelHubMixin`` (``config.json`` + ``model.safetensors``) like :class:`GHN2`.
@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin
 
-from ..graph import GHN3_RULES, Graph, Node, build_graph
-from ..primitives import NORM_PRIMITIVES, PRIMITIVES
-from ..tensors import tile, weight_scale
+from ..graph.build import GHN3_RULES, Graph, Node, build_graph
+from ..graph.primitives import NORM_PRIMITIVES, PRIMITIVES
+from ..write.tensors import tile, weight_scale
 from .centred_decoder import CentredDecoder
 from .gnn import MLP
 from .graphormer import Graphormer
@@ -211,7 +211,7 @@ class GHN3(
     ) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
         """Each predicted tensor as its normalised block before tiling, with the target shape.
 
-        ``tile(block, shape)`` gives the parameter; :func:`ghninit.tensors.write_tiled` writes it
+        ``tile(block, shape)`` gives the parameter; :func:`ghninit.write.tensors.write_tiled` writes it
         without building the full tensor. A token positional embedding gets a class-token row
         drawn from N(0, 0.02) (torch's global generator), as in the reference.
         """
@@ -239,7 +239,7 @@ class GHN3(
         if graph.rules is not self.graph_rules:
             raise ValueError(
                 f"GHN3 needs a graph built with GHN-3 rules, got '{graph.rules.name}' rules: "
-                "use ghn.build_graph(model) or ghninit.build_graph(model, rules=ghninit.graph.GHN3_RULES)"
+                "use ghn.build_graph(model) or ghninit.build_graph(model, rules=ghninit.graph.build.GHN3_RULES)"
             )
 
     def _decode(self, key: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin
 
-from ..graph import Graph, build_graph
-from ..primitives import NORM_PRIMITIVES, PRIMITIVES
-from ..tensors import crop, tile, weight_scale
+from ..graph.build import Graph, build_graph
+from ..graph.primitives import NORM_PRIMITIVES, PRIMITIVES
+from ..write.tensors import crop, tile, weight_scale
 from .decoder import ConvDecoder
 from .gnn import MLP, GatedGNN, SweepPlan
 from .shape_encoder import ShapeEncoder
@@ -126,7 +126,7 @@ class GHN2(
     ) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
         """Like :meth:`forward`, but each tensor as its (normalised) block before tiling, with the target shape.
 
-        ``tile(block, shape)`` gives the parameter; :func:`ghninit.tensors.write_tiled` writes
+        ``tile(block, shape)`` gives the parameter; :func:`ghninit.write.tensors.write_tiled` writes
         it without building the full tensor.
         """
         states = self.node_states(graph, predict_classifier)

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..errors import GHNLoadError, SourceUnavailable
 from .cache import git_blob_sha1
-from .errors import GHNLoadError, SourceUnavailable
+from .files import ghn_from_reference_checkpoint
 
 PPUDA_REPO = "facebookresearch/ppuda"
 PPUDA_COMMIT = "4673a42507a9dcd0a5ae04e74599e8c92af689b9"
@@ -108,21 +108,4 @@ class OfficialFile:
 
     def convert(self, path: Path) -> torch.nn.Module:
         """The GHN in the verified file, read with ``torch.load(weights_only=True)`` only."""
-        from .hub import ghn_from_reference_checkpoint
-
         return ghn_from_reference_checkpoint(path)
-
-
-def refused_type(err: BaseException) -> str | None:
-    """The type ``torch.load(weights_only=True)`` refused, from its error message (None if not said)."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-    return match.group(1) if match else None
-
-
-def unpickler_reason(err: BaseException) -> str:
-    """The line of a ``weights_only`` error that says why (without torch's advice to unpickle anyway)."""
-    for line in str(err).splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(". Please use")[0]
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

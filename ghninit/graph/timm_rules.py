@@ -1,7 +1,7 @@
 """Graph rules for timm layers that torch.fx cannot trace, registered when timm is in use.
 
 timm marks some modules as not traceable (shape-dependent control flow, or in-place ops that
-its feature extraction would drop). :mod:`ghninit.trace` traces into them when fx can; the rest
+its feature extraction would drop). :mod:`ghninit.graph.trace` traces into them when fx can; the rest
 are kept as leaves. Where such a module is a plain chain of layers, a rule here describes it
 exactly; any other one is described by :func:`sublayer_chain`, an approximation, so that its
 parameters are predicted instead of keeping their own initialisation.

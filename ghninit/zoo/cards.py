@@ -1,6 +1,6 @@
 """Model cards (``README.md``) of converted GHN folders: what the GHN is and exactly where it comes from.
 
-One renderer serves the cache (:mod:`ghninit.cache`) and the maintainer script
+One renderer serves the cache (:mod:`ghninit.zoo.cache`) and the maintainer script
 ``hub/convert_ppuda.py``. The card's YAML header is huggingface_hub's ``ModelCardData``; its body
 has a provenance table made from the folder's ``provenance.json`` (source repository, commit,
 path, git blob SHA-1, sha256 of the converted ``model.safetensors``, license), the paper, the

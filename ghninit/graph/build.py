@@ -1,7 +1,7 @@
 """The GHN graph of a network: nodes, real and virtual edges, depth levels, and its construction.
 
 :func:`build_graph` walks the fx graph of a model in execution order. Each traced call either
-becomes a chain of GHN nodes (through the rules in :mod:`ghninit.primitives`) or is dropped, in
+becomes a chain of GHN nodes (through the rules in :mod:`ghninit.graph.primitives`) or is dropped, in
 which case its inputs flow on to its consumers. Only what feeds the model's (first) output is
 kept. The resulting node order is topological with ``input`` first, so the classifier's weight and
 bias end up last. Virtual edges (GHN-2) join every pair at shortest-path distance 2..50, computed

@@ -1,6 +1,6 @@
 """Symbolic tracing of an ``nn.Module`` with torch.fx, keeping supported layers as leaves.
 
-Layers that have a rule in :mod:`ghninit.primitives`, parameter-free ``torch.nn`` layers, layers
+Layers that have a rule in :mod:`ghninit.graph.primitives`, parameter-free ``torch.nn`` layers, layers
 that own parameters directly (``GroupNorm``, ``PReLU``...) and any types the caller names are not
 traced into; everything else is. No example input is needed. When fx cannot trace a module, the
 error names the module and suggests the fix, in the spirit of
@@ -17,13 +17,10 @@ from collections.abc import Iterable
 import torch.nn as nn
 from torch import fx
 
+from ..errors import TraceError
 from .primitives import module_rule, registered_module_types
 
 _LEAF_TYPES: list[type] = []
-
-
-class TraceError(RuntimeError):
-    """Raised when a model cannot be turned into a GHN graph."""
 
 
 def register_leaf_module(*types: type) -> None:
@@ -167,10 +164,10 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = ()) -> fx.Graph:
                 f"torch.fx could not trace module '{where}' ({kind}): {err}\n"
                 f"Fix: keep it as a leaf, e.g. ghninit.initialize(model, ..., leaf_modules=[{kind}]) "
                 f"or ghninit.register_leaf_module({kind}); its parameters then keep their own "
-                "initialisation unless a rule is registered with ghninit.primitives.register_module."
+                "initialisation unless a rule is registered with ghninit.graph.primitives.register_module."
             ) from err
         raise TraceError(
             f"torch.fx could not trace the forward of {type(model).__name__}: {err}\n"
             "Fix: move data-dependent control flow into a submodule and pass its type in "
-            "leaf_modules, or register a rule for it in ghninit.primitives."
+            "leaf_modules, or register a rule for it in ghninit.graph.primitives."
         ) from err

@@ -3,12 +3,12 @@
 A :class:`KnownGHN` names a GHN (plus aliases), its architecture variant and training data set,
 the accuracy its authors published, and an ordered tuple of sources. A source is a small frozen
 dataclass: :class:`HubWeights` (a Hugging Face Hub repo already in ghninit's layout, used only once
-pinned), :class:`~ghninit.official.OfficialFile` (a checkpoint file pinned by commit, path and
+pinned), :class:`~ghninit.zoo.official.OfficialFile` (a checkpoint file pinned by commit, path and
 git blob SHA-1, downloaded, verified and converted into the local cache) or
-:class:`~ghninit.ghn3_weights.HubPickle` (a published GHN-3 joblib file on the Hub, read with a
+:class:`~ghninit.zoo.ghn3_weights.HubPickle` (a published GHN-3 joblib file on the Hub, read with a
 restricted unpickler and converted into the same cache). Adding a GHN is one
 :class:`KnownGHN` line; adding a kind of source is one dataclass of the :class:`ConvertedSource`
-protocol (``fetch`` and ``convert`` methods; see :mod:`ghninit.official`). Tests and forks add
+protocol (``fetch`` and ``convert`` methods; see :mod:`ghninit.zoo.official`). Tests and forks add
 entries with :func:`register_ghn` instead of weakening any check.
 """
 
@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..ghn.presets import ARCH_KEYS, PRESETS, ghn2_kwargs
 from .ghn3_weights import GHN2_RESNET50_TOP1, GHN3_PAPER, GHN3_WEIGHTS
 from .official import PPUDA_COMMIT, PPUDA_REPO, OfficialFile
 
@@ -50,9 +51,9 @@ class HubWeights:
 
 @runtime_checkable
 class ConvertedSource(Protocol):
-    """What a source of a GHN published in another form provides; :class:`~ghninit.official.OfficialFile` is one.
+    """What a source of a GHN published in another form provides; :class:`~ghninit.zoo.official.OfficialFile` is one.
 
-    ``ghninit.hub`` gives it to :func:`ghninit.cache.fetch_convert_store`, which keeps the converted
+    ``ghninit.zoo.hub`` gives it to :func:`ghninit.zoo.cache.fetch_convert_store`, which keeps the converted
     copy under ``<cache>/ghns/<name>/<cache_key>``; a new kind of source (e.g. a pickle on the Hub,
     read with a restricted unpickler) is one such dataclass, and nothing else changes.
     """
@@ -239,7 +240,7 @@ def register_ghn(entry: KnownGHN, *, replace: bool = False) -> KnownGHN:
     if entry.variant not in VARIANTS or entry.dataset not in DATASETS:
         raise ValueError(
             f"{entry.name}: variant {entry.variant!r} / dataset {entry.dataset!r} not in "
-            f"{sorted(VARIANTS)} / {sorted(DATASETS)}; add them to ghninit.registry first"
+            f"{sorted(VARIANTS)} / {sorted(DATASETS)}; add them to ghninit.zoo.registry first"
         )
     for source in entry.sources:
         if not isinstance(source, HubWeights | ConvertedSource):
@@ -279,8 +280,8 @@ for _entry in (
     register_ghn(_entry)
 
 # The four published GHN-3 (Hub repo SamsungSAILMontreal/ghn3, MIT); ResNet-50 top-1 from the
-# reference's ghn3_results.json, shipped with its source as ghninit/ghn3_published.json.
-_GHN3_FIGURES = "ghn3_results.json of SamsungSAILMontreal/ghn3 (shipped as ghninit/ghn3_published.json)"
+# reference's ghn3_results.json, shipped with its source as ghninit/zoo/ghn3_published.json.
+_GHN3_FIGURES = "ghn3_results.json of SamsungSAILMontreal/ghn3 (shipped as ghninit/zoo/ghn3_published.json)"
 for _name, _weights in GHN3_WEIGHTS.items():
     register_ghn(
         KnownGHN(
@@ -303,19 +304,17 @@ for _name, _weights in GHN3_WEIGHTS.items():
     )
 
 
-_ARCH_KEYS = ("hypernet", "ve", "weight_norm", "layernorm")
 
 
 def variant_of(config: dict) -> str | None:
     """The variant (key of :data:`VARIANTS`) a GHN config describes, by the training presets or the published
     GHN-3 sizes; None if none fits."""
-    from .ghn.ghn3 import is_ghn3_config
-    from .train import PRESETS  # the presets define the variants; imported late (train pulls in DeepNets-1M)
+    from ..ghn.ghn3 import is_ghn3_config
 
     if is_ghn3_config(config):
         return next((name for name, weights in GHN3_WEIGHTS.items() if weights.matches(config)), None)
     for name, preset in PRESETS.items():
-        if all(config.get(key) == preset[key] for key in _ARCH_KEYS):
+        if all(config.get(key) == preset[key] for key in ARCH_KEYS):
             return name
     return None
 
@@ -323,9 +322,6 @@ def variant_of(config: dict) -> str | None:
 def expected_config(entry: KnownGHN) -> dict | None:
     """The GHN config the reference trains for ``entry``'s variant and data set (before any download);
     None where it is not known (GHN-3-S's layer count)."""
-    from .train import PRESETS, TrainConfig
-
     if entry.variant in GHN3_WEIGHTS:
         return GHN3_WEIGHTS[entry.variant].config()
-    arch = {key: PRESETS[entry.variant][key] for key in _ARCH_KEYS}
-    return TrainConfig.for_dataset(entry.dataset, **arch).ghn_kwargs()
+    return ghn2_kwargs(entry.variant, entry.dataset)

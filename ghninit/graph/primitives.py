@@ -265,7 +265,7 @@ def is_positional_encoding(param: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# GHN-3 rules (used by ghninit.graph.GHN3_RULES; GHN-2 graphs never call these)
+# GHN-3 rules (used by ghninit.graph.build.GHN3_RULES; GHN-2 graphs never call these)
 
 _SHAPE_METHODS = ("size", "dim", "numel")
 _SIGMOID_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Hardswish, nn.LogSigmoid)

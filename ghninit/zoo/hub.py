@@ -1,13 +1,13 @@
 """Loading a GHN from a shipped or known name, a Hugging Face Hub repo, a local folder or a file.
 
 Shipped names (:data:`SHIPPED_GHNS`, e.g. ``cifar10-mini``) are GHNs trained with this project and
-installed with the package (``ghninit/weights/``): they load with no network. Known names
-(:data:`~ghninit.registry.KNOWN_GHNS`, e.g. ``imagenet``, ``ghn1-cifar10``) resolve to an ordered
+installed with the package (``ghninit/zoo/weights/``): they load with no network. Known names
+(:data:`~ghninit.zoo.registry.KNOWN_GHNS`, e.g. ``imagenet``, ``ghn1-cifar10``) resolve to an ordered
 list of sources: a Hub repo in ghninit's layout once one is pinned, then the official reference
 checkpoint, pinned by commit, path and git blob SHA-1, downloaded, verified and converted once into
-the local cache (:mod:`ghninit.cache`, :mod:`ghninit.official`); the GHN-3 names (``ghn3-t``, ...)
+the local cache (:mod:`ghninit.zoo.cache`, :mod:`ghninit.zoo.official`); the GHN-3 names (``ghn3-t``, ...)
 come from the published joblib files on the Hub, read with a restricted unpickler and converted into
-the same cache (:mod:`ghninit.ghn3_weights`). A Hub repo in our layout holds
+the same cache (:mod:`ghninit.zoo.ghn3_weights`). A Hub repo in our layout holds
 ``config.json``, ``model.safetensors`` and a model card ``README.md``: what
 ``PyTorchModelHubMixin.save_pretrained`` writes. Hub downloads and their cache are
 huggingface_hub's own, so ``HF_HOME`` / ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_HUB_OFFLINE`` and
@@ -28,16 +28,12 @@ mirror of the official files, ``GHNINIT_OFFICIAL_URL``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.resources
-import io
 import json
 import os
-import pickle
 import re
 import warnings
-import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -54,16 +50,20 @@ try:
     from huggingface_hub.errors import RemoteEntryNotFoundError
 except ImportError:  # huggingface_hub < 1.0: a remote miss is an EntryNotFoundError (checked after local ones)
     from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
+from ..errors import GHNLoadError, SourceUnavailable
+from ..ghn import GHN2, GHN3
 from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_store, file_sha256, is_offline
 from .cards import render_card
-from .errors import GHNLoadError, SourceUnavailable
-from .ghn import GHN2, GHN3
-from .ghn.config import check_safetensors_header, check_state_shapes, ghn_class
+from .files import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ghn_from_reference_checkpoint,
+    load_ghn_folder,
+    load_path,
+    load_safetensors_file,
+)
 from .ghn3_weights import HubPickle
-from .official import refused_type, unpickler_reason
 from .registry import KNOWN_GHNS, HubWeights, KnownGHN, Source, register_ghn, variant_of
 
 __all__ = [
@@ -82,8 +82,6 @@ __all__ = [
     "shipped_path",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -95,7 +93,7 @@ SHIPPED_GHNS: tuple[str, ...] = ("cifar10-mini",)
 
 def shipped_path(name: str) -> Path:
     """Path of a shipped GHN's ``.safetensors`` file inside the installed package."""
-    return Path(str(importlib.resources.files("ghninit") / "weights" / f"{name}.safetensors"))
+    return Path(str(importlib.resources.files("ghninit.zoo") / "weights" / f"{name}.safetensors"))
 
 
 def shipped_card(name: str) -> dict:
@@ -124,14 +122,14 @@ def _load_shipped(name: str) -> GHN2 | GHN3:
             f"shipped GHN '{name}': {path} is corrupt (sha256 {actual}, expected {expected}). Nothing was loaded. "
             "Fix: reinstall ghninit (pip install --force-reinstall ghninit)."
         )
-    return _load_safetensors_file(path)
+    return load_safetensors_file(path)
 
 
 def known_sources(name: str, revision: str | None = None) -> tuple[Source, ...]:
     """The sources of a known GHN in the order they are tried, after environment overrides.
 
     Args:
-        name: any name of a known GHN (see :data:`~ghninit.registry.KNOWN_GHNS`).
+        name: any name of a known GHN (see :data:`~ghninit.zoo.registry.KNOWN_GHNS`).
         revision: an explicit Hub revision: only the Hub source is then used, at that revision.
     """
     entry = KNOWN_GHNS[name]
@@ -203,12 +201,12 @@ def load_ghn(
         ghn = _load_shipped(name)
     elif name in KNOWN_GHNS or not Path(source).exists():
         folder = download_ghn(source, revision, cache_dir=cache_dir, force_download=force_download, token=token)
-        ghn = _load_folder(folder)
+        ghn = load_ghn_folder(folder)
     else:
         path = Path(source)
         if revision is not None:
             raise GHNLoadError(f"{path} is a local path: revision={revision!r} only applies to Hub repos")
-        ghn = _load_folder(path) if path.is_dir() else _load_file(path)
+        ghn = load_path(path)
     ghn.source = name  # what reports name it by
     return ghn.to(device).eval()
 
@@ -347,7 +345,7 @@ def _explain(err: Exception, source: str, repo_id: str, revision: str, filename:
     """An error message (what failed, what was tried, how to fix it, huggingface_hub's own error), and
     whether the repo is merely unavailable (offline, unreachable, absent), so that a next source may be tried."""
     local = "or pass a local path (a folder with config.json + model.safetensors, or a .safetensors file)"
-    fetch = f"python -c \"from ghninit.hub import download_ghn; download_ghn('{source}', revision='{revision}')\""
+    fetch = f"python -c \"from ghninit.zoo.hub import download_ghn; download_ghn('{source}', revision='{revision}')\""
     unavailable = True
     if isinstance(err, LocalEntryNotFoundError) and is_offline():
         what = f"offline mode is on and the cache has no copy of {filename} at revision '{revision}'"
@@ -409,123 +407,3 @@ def _verify_cached(path: Path, expected_sha256: str | None, what: str) -> None:
             "load_ghn(..., force_download=True) or delete that file; if it persists, the server or mirror "
             "(HF_ENDPOINT) serves a damaged file."
         )
-
-
-def _load_folder(folder: Path) -> GHN2 | GHN3:
-    """Load a folder in the Hub layout with ``GHN2.from_pretrained`` (the mixin), strictly."""
-    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
-    if missing:
-        raise GHNLoadError(
-            f"{folder}: missing {', '.join(missing)}; a GHN folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
-            "(as written by GHN2.save_pretrained or hub/convert_ppuda.py)"
-        )
-    config = _read_config(folder / CONFIG_NAME)
-    check_safetensors_header(folder / WEIGHTS_NAME, config, folder)  # before from_pretrained allocates
-    cls = ghn_class(config)
-    try:
-        # the mixin prints "Loading weights from local directory"; a library should not
-        with contextlib.redirect_stdout(io.StringIO()):
-            ghn = cls.from_pretrained(str(folder), strict=True)
-    except (TypeError, RuntimeError, ValueError, NotImplementedError, SafetensorError) as err:
-        raise GHNLoadError(f"{folder}: weights do not match a {cls.__name__} of config {config}: {err}") from err
-    return ghn
-
-
-def _check_safetensors(path: Path) -> dict[str, str]:
-    """The file's metadata, after checking that its header is complete and covers the whole file."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise GHNLoadError(
-            f"{path}: not a readable safetensors file ({err}); the file may be truncated or corrupt"
-        ) from err
-
-
-def _load_file(path: Path) -> GHN2 | GHN3:
-    if path.suffix == ".safetensors":
-        return _load_safetensors_file(path)
-    if path.suffix in (".pt", ".pth", ".ckpt") and zipfile.is_zipfile(path):  # torch.save's format
-        return ghn_from_reference_checkpoint(path)
-    if path.suffix in (".pt", ".pth", ".ckpt", ".joblib", ".pkl"):
-        # a published GHN-3 file (a joblib pickle named .pt) is read without running its code;
-        # anything else goes to torch.load(weights_only=True)
-        from .ghn3_weights import load_ghn3_pickle
-
-        try:
-            return load_ghn3_pickle(path)
-        except (pickle.UnpicklingError, ValueError, RuntimeError) as err:
-            if path.suffix in (".joblib", ".pkl"):
-                raise GHNLoadError(f"{path}: not loadable as a GHN-3 state dict: {err}") from err
-        return ghn_from_reference_checkpoint(path)
-    raise GHNLoadError(f"{path}: expected a .safetensors file, a reference .pt checkpoint, a GHN-3 .joblib or a folder")
-
-
-def _config_json(text: str, where: str) -> dict:
-    """A GHN config parsed from JSON text; ``where`` names its origin in the error."""
-    try:
-        config = json.loads(text)
-    except ValueError as err:
-        raise GHNLoadError(f"{where} is not valid JSON ({err}); the file may be corrupt") from err
-    if not isinstance(config, dict):
-        raise GHNLoadError(f"{where}: expected a JSON object of GHN arguments, got {config!r}")
-    return config
-
-
-def _read_config(path: Path) -> dict:
-    """The GHN config in a ``config.json`` file (errors name the file)."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise GHNLoadError(f"{path}: not readable ({err})") from err
-    return _config_json(text, str(path))
-
-
-def _load_safetensors_file(path: Path) -> GHN2 | GHN3:
-    metadata = _check_safetensors(path)
-    if "config" in metadata:
-        config = _config_json(metadata["config"], f"{path}: the 'config' entry of its safetensors metadata")
-    elif (path.parent / CONFIG_NAME).is_file():
-        config = _read_config(path.parent / CONFIG_NAME)
-    else:
-        raise GHNLoadError(
-            f"{path}: safetensors metadata has no 'config' key and there is no {CONFIG_NAME} beside it; "
-            "save GHNs with ghninit (GHN2.save_pretrained)"
-        )
-    check_safetensors_header(path, config)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise GHNLoadError(f"{path}: not a readable safetensors file ({err}); the file may be truncated") from err
-    return _build(config, state, path)
-
-
-def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2 | GHN3:
-    """Load an official reference checkpoint (``{'state_dict', 'config', 'epoch'}``) without unpickling code.
-
-    Only ``torch.load(..., weights_only=True)`` is used: tensors and plain containers, no code.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        refused = refused_type(err)
-        what = f"it holds an object of type `{refused}`, which" if refused else "it"
-        raise GHNLoadError(
-            f"{path}: cannot be read as a weights-only PyTorch checkpoint: {what} torch.load(weights_only=True) "
-            f"refuses ({type(err).__name__}: {unpickler_reason(err)}). ghninit never unpickles other types. "
-            "Fix: if you trust the file, re-save it elsewhere as {'state_dict': tensors, 'config': plain dict}."
-        ) from err
-    if not isinstance(checkpoint, dict) or not {"state_dict", "config"} <= checkpoint.keys():
-        raise GHNLoadError(f"{path}: expected a dict with 'state_dict' and 'config' (a reference GHN checkpoint)")
-    return _build(dict(checkpoint["config"]), checkpoint["state_dict"], path)
-
-
-def _build(config: dict, state: dict, source: object) -> GHN2 | GHN3:
-    config = check_state_shapes(config, state, source)
-    cls = ghn_class(config)
-    try:
-        ghn = cls(**config)
-        ghn.load_state_dict(state, strict=True)
-    except (TypeError, RuntimeError, ValueError, NotImplementedError) as err:
-        raise GHNLoadError(f"{source}: weights do not match a {cls.__name__} of config {config}: {err}") from err
-    return ghn

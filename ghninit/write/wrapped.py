@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..errors import ShardedModelError
+
 
 def _compiled_types() -> tuple[type, ...]:
     try:
@@ -43,10 +45,6 @@ def _is_dtensor(tensor: object) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(tensor, DTensor)
-
-
-class ShardedModelError(TypeError):
-    """The model's parameters are sharded across processes; initialise it before wrapping."""
 
 
 def check_not_sharded(model: nn.Module) -> None:

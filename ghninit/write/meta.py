@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from .write import write
+from .assign import write
 
 _NORM = nn.modules.batchnorm._NormBase
 

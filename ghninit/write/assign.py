@@ -12,11 +12,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from ..errors import PredictionError
 from .tensors import tiles_into, write_tiled
-
-
-class PredictionError(ValueError):
-    """A predicted tensor cannot be written; the model was left untouched."""
 
 
 def prepare(
@@ -25,7 +22,7 @@ def prepare(
     """Validate predicted blocks against ``model`` and convert them; raises :class:`PredictionError`.
 
     A block is the parameter itself or a smaller tensor that tiles into it (see
-    :func:`ghninit.tensors.tile`). Any name of a parameter counts, tied names included, but one
+    :func:`ghninit.write.tensors.tile`). Any name of a parameter counts, tied names included, but one
     tensor may be predicted only once. Blocks go to ``device`` if given (a model about to be
     materialised from the meta device), else to their parameter's device, in its dtype.
     """

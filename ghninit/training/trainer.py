@@ -13,7 +13,7 @@ target tensor reads (a 16-channel layer reads 16 x 16 of the 64 x 64 predicted b
 cuts the decoder's last 1x1 convolution, the largest cost, by up to 16x.
 
 Everything random in a step is a pure function of ``(seed, step)``: the architectures, the image
-batch and its augmentation (see :mod:`ghninit.data`), and dropout (the torch generator is
+batch and its augmentation (see :mod:`ghninit.training.data`), and dropout (the torch generator is
 reseeded per network). A run resumed from a checkpoint therefore takes exactly the steps an
 uninterrupted run would have taken.
 
@@ -39,11 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .deepnets import ArchSpec, generate
-from .ghn import GHN2
-from .graph import Graph, build_graph
-from .primitives import NORM_PRIMITIVES
-from .tensors import crop, normalize, tile
+from ..deepnets import ArchSpec, generate
+from ..ghn import GHN2
+from ..ghn.presets import DATASET_SHAPES, HID
+from ..graph.build import Graph, build_graph
+from ..graph.primitives import NORM_PRIMITIVES
+from ..write.tensors import crop, normalize, tile
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -67,7 +68,7 @@ class TrainConfig:
     ve: bool = True
     weight_norm: bool = True
     layernorm: bool = True
-    hid: int = 32
+    hid: int = HID
     split: str = "train"
     num_nets: int = 10**6
     meta_batch: int = 8
@@ -89,12 +90,9 @@ class TrainConfig:
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> TrainConfig:
         """Paper defaults for ``"cifar10"`` or ``"imagenet"`` (batch 256, S = 16, 1000 classes)."""
+        base = dict(dataset=dataset)
         if dataset == "imagenet":
-            base = dict(
-                dataset="imagenet", num_classes=1000, image_size=224, max_shape=(64, 64, 16, 16), batch_size=256
-            )
-        else:
-            base = dict(dataset=dataset)
+            base.update(DATASET_SHAPES["imagenet"], batch_size=256)
         return cls(**{**base, **overrides})
 
     def ghn_kwargs(self) -> dict:
@@ -120,13 +118,6 @@ class TrainConfig:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
-
-
-PRESETS: dict[str, dict] = {
-    "ghn2": dict(hypernet="gatedgnn", ve=True, weight_norm=True, layernorm=True, meta_batch=8),
-    "ghn1": dict(hypernet="gatedgnn", ve=False, weight_norm=False, layernorm=False, meta_batch=1),
-    "mlp": dict(hypernet="mlp", ve=True, weight_norm=True, layernorm=True, meta_batch=8),
-}
 
 
 def make_ghn(config: TrainConfig, seed: int | None = None) -> GHN2:

@@ -2,10 +2,10 @@
 
 The reference publishes GHN-3 as joblib pickles of a bare state dict (no config) on the Hugging
 Face Hub repo ``SamsungSAILMontreal/ghn3``. :class:`HubPickle` is the source of such a file for the
-name registry (:mod:`ghninit.registry`, one :class:`~ghninit.registry.ConvertedSource`): it
+name registry (:mod:`ghninit.zoo.registry`, one :class:`~ghninit.zoo.registry.ConvertedSource`): it
 downloads the file with ``hf_hub_download``, reads it with the restricted unpickler of
-:mod:`ghninit.safe_pickle` (no code from it runs) and infers its config from tensor shapes
-(:func:`infer_ghn3_config`); :func:`ghninit.cache.fetch_convert_store` then stores it once, under
+:mod:`ghninit.zoo.safe_pickle` (no code from it runs) and infers its config from tensor shapes
+(:func:`infer_ghn3_config`); :func:`ghninit.zoo.cache.fetch_convert_store` then stores it once, under
 the same file lock and in the same cache as the official GHN-2 files, so later loads read only
 safetensors. :data:`GHN3_WEIGHTS` lists the four published files with their sizes and figures.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import GHNLoadError, SourceUnavailable
-from .ghn.ghn3 import GHN3
+from ..errors import GHNLoadError, SourceUnavailable
+from ..ghn.ghn3 import GHN3
 from .safe_pickle import load_state_dict_pickle
 
 GHN3_REPO = "SamsungSAILMontreal/ghn3"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from .errors import GHNLoadError, SourceUnavailable
+from ..errors import GHNLoadError, SourceUnavailable
 
 CACHE_ENV = "GHNINIT_CACHE"
 OFFLINE_ENV = "GHNINIT_OFFLINE"

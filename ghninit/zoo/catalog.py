@@ -1,6 +1,6 @@
 """What GHNs can be loaded by name: :func:`list_ghns` and the table ``python -m ghninit list`` prints.
 
-One row per GHN: shipped ones (in the package) and known ones (:mod:`ghninit.registry`), with the
+One row per GHN: shipped ones (in the package) and known ones (:mod:`ghninit.zoo.registry`), with the
 variant, the data set, where the weights come from, whether a copy is on this machine already
 (found without any request), the size (of the cached weights, or the published download size) and
 the accuracy its authors published. Parameter counts of GHNs not yet downloaded are those of the
@@ -21,7 +21,7 @@ from .registry import DATASETS, VARIANTS, HubWeights, KnownGHN, expected_config,
 
 def _parameters(config: dict) -> int:
     """Parameters of a GHN of ``config``, counted on the meta device (nothing allocated)."""
-    from .ghn.config import ghn_class
+    from ..ghn.config import ghn_class
 
     with torch.device("meta"):
         ghn = ghn_class(config)(**{k: v for k, v in config.items() if k != "debug_level"})
