@@ -31,11 +31,11 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # finetune_init, also when imported
 
-from finetune_init import he_init_  # noqa: E402
+from finetune.init import he_init_  # noqa: E402
 
 import ghninit  # noqa: E402
 from ghninit import deepnets  # noqa: E402
-from ghninit.data import ImageTensors, TrainBatches, load_cifar10  # noqa: E402
+from ghninit.training.data import ImageTensors, TrainBatches, load_cifar10  # noqa: E402
 
 
 def _set_bn_mode(model: nn.Module, batch_stats: bool) -> None:

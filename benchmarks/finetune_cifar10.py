@@ -29,16 +29,17 @@ import argparse
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from finetune_data import augment, few_shot_split, load_cifar10, normalize
-from finetune_init import initialise, report_summary, resolve_ghn
-from finetune_models import CIFAR_ARCHS, available_archs, build_classifier
-from finetune_runs import add_common_args, fill_defaults, progress, run_benchmark
+from finetune.data import augment, few_shot_split, load_cifar10, normalize
+from finetune.init import initialise, report_summary, resolve_ghn, same_task_warning
+from finetune.models import CIFAR_ARCHS, available_archs, build_classifier
+from finetune.runs import add_common_args, fill_defaults, progress, run_benchmark
 
 FULL = {
     "seeds": [0, 1, 2],
@@ -189,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     archs = available_archs(args.archs, CIFAR_ARCHS, cifar=True)
     ghn, ghn_info = resolve_ghn(args.ghn) if any(i.startswith("ghn") for i in args.init) else (None, None)
+    if warning := same_task_warning(ghn_info, "cifar10"):
+        warnings.warn(warning, UserWarning, stacklevel=1)
     train_set = load_cifar10(args.data_dir, train=True, download=args.download)
     test_set = load_cifar10(args.data_dir, train=False, download=args.download)
     if args.test_limit:

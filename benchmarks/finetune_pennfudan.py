@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from finetune_data import PennFudan, find_pennfudan, hflip, pennfudan_split
-from finetune_init import initialise, report_summary, resolve_ghn
-from finetune_models import DETECTION_ARCHS, available_archs, build_classifier, build_detection_backbone, build_detector
-from finetune_runs import add_common_args, fill_defaults, progress, run_benchmark
+from finetune.data import PennFudan, find_pennfudan, hflip, pennfudan_split
+from finetune.init import initialise, report_summary, resolve_ghn
+from finetune.models import DETECTION_ARCHS, available_archs, build_classifier, build_detection_backbone, build_detector
+from finetune.runs import add_common_args, fill_defaults, progress, run_benchmark
 
 PAPER_ARCHS = ("resnet50", "vit", "darts")
 FULL = {"seeds": [0, 1, 2], "epochs": 10, "max_size": 0, "train_limit": 0, "test_limit": 0}

@@ -11,7 +11,7 @@ of its parameters; the predicted LayerNorm weights; and the class token and posi
 much smaller gradients learns more slowly under SGD.
 
 Starts: ``he``, ``ghn``, and ``ghn+<post-processing>`` / ``he+<post-processing>`` for a GHN or He
-start post-processed by ``ghninit.postprocess``, where ``<post-processing>`` is a preset (``orth``,
+start post-processed by ``ghninit.write.postprocess``, where ``<post-processing>`` is a preset (``orth``,
 the recipe of Knyazev, arXiv 2207.10049 and the default; ``orth-he``) or :class:`ghninit.Orthogonalize`
 fields by name over the defaults (``ghn+scale=he``, ``ghn+orthogonal=0,scale=he``,
 ``ghn+classifier_scale=he`` ...). ``he+orth`` is random orthogonal initialisation.
@@ -30,13 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune_init import he_init_, initialise, resolve_ghn  # noqa: E402
-from finetune_models import CIFAR_ARCHS, build_classifier  # noqa: E402
+from finetune.init import he_init_, initialise, resolve_ghn  # noqa: E402
+from finetune.models import CIFAR_ARCHS, build_classifier  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ghninit  # noqa: E402
-from ghninit.data import load_cifar10  # noqa: E402
-from ghninit.postprocess import PRESETS, Orthogonalize  # noqa: E402
+from ghninit.training.data import load_cifar10  # noqa: E402
+from ghninit.write.postprocess import PRESETS, Orthogonalize  # noqa: E402
 
 DEFAULT_STARTS = ("he", "ghn", "he+orth", "ghn+orth", "he+orth-he", "ghn+orth-he")
 
@@ -66,7 +66,7 @@ def make_start(arch: str, start: str, ghn: ghninit.GHN2 | None, seed: int) -> nn
         initialise(model, "ghn-orth", ghn, parse_postprocess(start[4:]))
     elif start.startswith("he+"):
         he_init_(model)
-        ghninit.postprocess.apply_(model, parse_postprocess(start[3:]))
+        ghninit.write.postprocess.apply_(model, parse_postprocess(start[3:]))
     else:
         raise ValueError(f"unknown start {start!r}: he, ghn, ghn+<post-processing> or he+<post-processing>")
     return model

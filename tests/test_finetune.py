@@ -12,11 +12,11 @@ from conftest import REPO_DIR, SHARED_DIR, reference_file
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
 import finetune_cifar10  # noqa: E402
-import finetune_data  # noqa: E402
-import finetune_init  # noqa: E402
-import finetune_models  # noqa: E402
 import finetune_pennfudan  # noqa: E402
-import finetune_runs  # noqa: E402
+from finetune import data as finetune_data  # noqa: E402
+from finetune import init as finetune_init  # noqa: E402
+from finetune import models as finetune_models  # noqa: E402
+from finetune import runs as finetune_runs  # noqa: E402
 
 CIFAR_DIR = SHARED_DIR / "data" / "cifar10-jpeg"
 PENNFUDAN_DIR = SHARED_DIR / "data" / "PennFudanPed"
@@ -381,3 +381,13 @@ def test_init_diagnostics_measure_one_batch():
     grads = [p.grad.norm() ** 2 for p in model.parameters()]
     assert stats["grad_total"] == pytest.approx(torch.stack(grads).sum().sqrt().item())
     assert stats["loss"] == pytest.approx(torch.nn.functional.cross_entropy(model(images), labels).item())
+
+
+def test_same_task_warning_names_a_ghn_trained_on_the_fine_tuning_data():
+    assert finetune_init.trained_on("cifar10-mini") == "cifar10"
+    assert finetune_init.trained_on("imagenet") == "imagenet"
+    assert finetune_init.trained_on("./some-file.safetensors") is None
+    info = {"source": "cifar10-mini", "trained_on": "cifar10"}
+    assert "trained on cifar10 itself" in finetune_init.same_task_warning(info, "cifar10")
+    assert finetune_init.same_task_warning({"source": "imagenet", "trained_on": "imagenet"}, "cifar10") is None
+    assert finetune_init.same_task_warning(None, "cifar10") is None

@@ -15,11 +15,11 @@ from conftest import REPO_DIR, SHARED_DIR, requires_shared
 
 sys.path.insert(0, str(REPO_DIR / "benchmarks"))
 from eval_ghn import accuracy  # noqa: E402
-from finetune_init import he_init_  # noqa: E402
+from finetune.init import he_init_  # noqa: E402
 
 import ghninit  # noqa: E402
 from ghninit import deepnets  # noqa: E402
-from ghninit.hub import SHIPPED_GHNS, GHNLoadError, file_sha256, shipped_card, shipped_path  # noqa: E402
+from ghninit.zoo.hub import SHIPPED_GHNS, GHNLoadError, file_sha256, shipped_card, shipped_path  # noqa: E402
 
 
 def test_cifar10_mini_is_shipped_with_a_matching_card():
@@ -56,7 +56,7 @@ def test_corrupt_shipped_file_is_an_error(tmp_path, monkeypatch):
     data = bytearray(broken.read_bytes())
     data[-100] ^= 0xFF
     broken.write_bytes(bytes(data))
-    monkeypatch.setattr(ghninit.hub, "shipped_path", lambda name: broken)
+    monkeypatch.setattr(ghninit.zoo.hub, "shipped_path", lambda name: broken)
     with pytest.raises(GHNLoadError, match="corrupt.*reinstall"):
         ghninit.load_ghn("cifar10-mini")
     broken.unlink()
@@ -65,7 +65,7 @@ def test_corrupt_shipped_file_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(GHNLoadError, match="shipped"):
         ghninit.load_ghn("cifar10-mini", revision="main")
     with pytest.raises(GHNLoadError, match="needs no download"):
-        ghninit.hub.download_ghn("cifar10-mini")
+        ghninit.zoo.hub.download_ghn("cifar10-mini")
 
 
 def _ship_script():
@@ -99,7 +99,7 @@ def test_ship_script_copies_the_final_ghn_and_writes_its_card(tmp_path):
 @requires_shared
 def test_shipped_ghn_beats_he_init_on_unseen_architectures():
     """Predicted parameters, no training, on held-out TEST-split networks: well above chance and He init."""
-    from ghninit.data import load_cifar10
+    from ghninit.training.data import load_cifar10
 
     test = load_cifar10(SHARED_DIR / "data" / "cifar10-jpeg", False).subset(512)
     ghn = ghninit.load_ghn("cifar10-mini")

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from finetune_init import ghninit  # noqa: F401  (importable from a source checkout too)
 
-from ghninit.data import CIFAR10_CLASSES
+from ghninit.training.data import CIFAR10_CLASSES
+
+from .init import ghninit  # noqa: F401  (importable from a source checkout too)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -119,7 +120,7 @@ class ImageSet:
 
 
 def load_cifar10(data_dir: str | os.PathLike, train: bool, download: bool = False) -> ImageSet:
-    """The CIFAR-10 training or test set, decoded by :func:`ghninit.data.load_cifar10` (one reader
+    """The CIFAR-10 training or test set, decoded by :func:`ghninit.training.data.load_cifar10` (one reader
     for GHN training and fine-tuning; decoded folders are cached).
 
     ``data_dir`` may hold an ``ImageFolder`` tree (``train/<class>/*``, ``test/<class>/*``, class
@@ -144,7 +145,7 @@ def load_cifar10(data_dir: str | os.PathLike, train: bool, download: bool = Fals
             f"CIFAR-10 not found in {root}: expected {folder}/<class>/*.jpg|png or {root}/cifar-10-batches-py; "
             "pass --download to fetch it there"
         )
-    data = ghninit.data.load_cifar10(root, train, download=download, shuffle=False)
+    data = ghninit.training.data.load_cifar10(root, train, download=download, shuffle=False)
     if tuple(data.images.shape[1:]) != (3, 32, 32):
         raise ValueError(f"{source}: expected 32x32 RGB images, got {tuple(data.images.shape[1:])}")
     return ImageSet(data.images, data.labels.tolist(), source)

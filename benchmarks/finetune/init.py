@@ -2,7 +2,7 @@
 
 :func:`resolve_ghn` loads ``--ghn NAME_OR_PATH`` and says exactly which weights it is;
 :func:`he_init_` is the paper's baseline; :func:`initialise` applies one of :data:`INITS` (He, GHN,
-GHN then ``ghninit.postprocess``, or the same post-processing of He's weights as a control);
+GHN then ``ghninit.write.postprocess``, or the same post-processing of He's weights as a control);
 :func:`report_summary` keeps the JSON-able part of ghninit's report in the results files.
 """
 
@@ -18,9 +18,9 @@ import torch.nn as nn
 try:
     import ghninit
 except ImportError:  # running from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import ghninit
-from ghninit.hub import KNOWN_GHNS, SHIPPED_GHNS, download_ghn, file_sha256, shipped_path
+from ghninit.zoo.hub import KNOWN_GHNS, SHIPPED_GHNS, download_ghn, file_sha256, shipped_card, shipped_path
 
 INITS = ("he", "ghn", "ghn-orth", "orth")
 INIT_NAMES = {"he": "He init", "ghn": "GHN init", "ghn-orth": "GHN + post-processing", "orth": "orthogonal init"}
@@ -31,7 +31,7 @@ def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
 
     Looked up as :func:`ghninit.load_ghn` does (a shipped name such as ``cifar10-mini`` or a
     known name such as ``imagenet`` wins over a folder of that name). Known names and Hub repo ids
-    are fetched with :func:`ghninit.hub.download_ghn` (huggingface_hub's cache), so that the
+    are fetched with :func:`ghninit.zoo.hub.download_ghn` (huggingface_hub's cache), so that the
     weights file itself can be hashed.
 
     Returns:
@@ -59,15 +59,35 @@ def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
         "sha256": file_sha256(weights) if weights.is_file() else None,
         "num_classes": ghn.num_classes,
         "max_shape": list(ghn.max_shape),
+        "trained_on": trained_on(name),
     }
+
+
+def trained_on(name: str) -> str | None:
+    """The data set a GHN was trained on, from its shipped card or its known name; None when not recorded."""
+    if name in SHIPPED_GHNS:
+        return shipped_card(name).get("trained", {}).get("train_config", {}).get("dataset")
+    entry = KNOWN_GHNS.get(name)
+    return getattr(entry, "dataset", None)
+
+
+def same_task_warning(ghn_info: dict[str, Any] | None, task_dataset: str) -> str | None:
+    """A warning when the GHN was trained on the fine-tuning task's own data set (no longer a transfer)."""
+    if not ghn_info or ghn_info.get("trained_on") != task_dataset:
+        return None
+    return (
+        f"the GHN '{ghn_info['source']}' was trained on {task_dataset} itself (all its labelled training images): "
+        f"a few-shot {task_dataset} start from it has seen the whole labelled task, unlike the paper's protocol, "
+        "which transfers a GHN trained on ImageNet. Read its rows as an upper bound, not as a transfer result."
+    )
 
 
 def display_path(path: Path) -> str:
     """``path`` as reports show it: relative to the repository, or under ``<ghninit cache>``; never machine-specific."""
-    from ghninit.cache import cache_root
+    from ghninit.zoo.cache import cache_root
 
     path = path.resolve()
-    for root, label in ((Path(__file__).resolve().parents[1], ""), (cache_root().resolve(), "<ghninit cache>/")):
+    for root, label in ((Path(__file__).resolve().parents[2], ""), (cache_root().resolve(), "<ghninit cache>/")):
         if path.is_relative_to(root):
             return f"{label}{path.relative_to(root).as_posix()}"
     return path.name
@@ -125,8 +145,8 @@ def initialise(
     if init == "he":
         return None
     if init == "orth":
-        config = ghninit.postprocess.resolve_postprocess(postprocess)
-        ghninit.postprocess.apply_(model, config)
+        config = ghninit.write.postprocess.resolve_postprocess(postprocess)
+        ghninit.write.postprocess.apply_(model, config)
         return None
     if ghn is None:
         raise ValueError(f"init={init!r} needs a GHN (--ghn NAME_OR_PATH)")

@@ -17,12 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from finetune_init import ghninit  # noqa: F401  (importable from a source checkout too)
 from torch import fx
 
 from ghninit.adapt import adapt_to_cifar
-from ghninit.primitives import function_rule, module_rule
-from ghninit.trace import trace
+from ghninit.graph.primitives import function_rule, module_rule
+from ghninit.graph.trace import trace
+
+from .init import ghninit  # noqa: F401  (importable from a source checkout too)
 
 CIFAR_ARCHS = ("resnet50", "vit", "darts")
 DETECTION_ARCHS = ("resnet50", "vit", "darts", "mobilenet")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from finetune_init import INIT_NAMES, INITS, ghninit
+
+from .init import INIT_NAMES, INITS, ghninit
 
 
 class ConfigMismatch(RuntimeError):
@@ -257,8 +258,8 @@ def add_common_args(
     parser.add_argument(
         "--postprocess",
         default="orth",
-        choices=sorted(ghninit.postprocess.PRESETS),
-        help="post-processing of ghn-orth and orth (ghninit.postprocess presets): orth (default: the recipe "
+        choices=sorted(ghninit.write.postprocess.PRESETS),
+        help="post-processing of ghn-orth and orth (ghninit.write.postprocess presets): orth (default: the recipe "
         "of Knyazev, arXiv 2207.10049, unit singular values) or orth-he (He's norms, classifier included)",
     )
     parser.add_argument(
@@ -317,7 +318,7 @@ def run_config(
     if init in ("ghn", "ghn-orth") and ghn_info is not None:
         config["ghn"] = ghn_info["sha256"] or ghn_info["resolved"]
     if init in ("ghn-orth", "orth") and postprocess is not None:
-        config["postprocess"] = f"{postprocess}: {ghninit.postprocess.resolve_postprocess(postprocess).describe()}"
+        config["postprocess"] = f"{postprocess}: {ghninit.write.postprocess.resolve_postprocess(postprocess).describe()}"
     return config
 
 
