@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # finetune_init, also when imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the finetune package, also when imported
 
 from finetune.init import he_init_  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 checks that OUT_DIR is a loadable GHN in our layout (config.json, model.safetensors, README.md),
 creates the model repo if needed and uploads exactly those three files in one commit with
-``huggingface_hub.HfApi``; it prints the commit sha and the ``HubWeights`` source that pins it (``ghninit/registry.py``).
+``huggingface_hub.HfApi``; it prints the commit sha and the ``HubWeights`` source that pins it (``ghninit/zoo/registry.py``).
 ``--dry-run`` prints what would be uploaded and makes no request. The token comes from
 ``hf auth login`` or ``HF_TOKEN``; ``HF_ENDPOINT`` selects the Hub.
 
@@ -92,7 +92,7 @@ def publish(
     )
     print(f"uploaded: {commit.commit_url}")
     print(f"commit: {commit.oid}")
-    print("pin it: put this first in the sources of its KnownGHN entry in ghninit/registry.py:")
+    print("pin it: put this first in the sources of its KnownGHN entry in ghninit/zoo/registry.py:")
     print(
         f'    HubWeights("{repo_id}", "{commit.oid}", "{files["model.safetensors"]["sha256"]}", '
         f'"{meta.get("source_file", "?")}")'
