@@ -16,14 +16,23 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from .primitives import PRIMITIVES
 
-if TYPE_CHECKING:
-    from .build import Graph
+
+class Graph(Protocol):
+    """What drawing needs of a :class:`ghninit.graph.build.Graph` (not imported here: build.py imports this module)."""
+
+    nodes: list
+    real_edges: np.ndarray
+    virtual_edges: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def depth_levels(self, reverse: bool = False) -> list[np.ndarray]: ...
 
 #: One colour per primitive, in :data:`PRIMITIVES` order (tab20 entries, chosen so neighbours in a
 #: typical network differ: convs blue, norms green, pools orange, ops grey/purple).
