@@ -34,6 +34,7 @@ class Graph(Protocol):
 
     def depth_levels(self, reverse: bool = False) -> list[np.ndarray]: ...
 
+
 #: One colour per primitive, in :data:`PRIMITIVES` order (tab20 entries, chosen so neighbours in a
 #: typical network differ: convs blue, norms green, pools orange, ops grey/purple).
 PRIMITIVE_COLOURS: dict[str, str] = dict(
