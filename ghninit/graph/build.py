@@ -209,6 +209,18 @@ class Graph:
     def __repr__(self) -> str:
         return f"Graph(nodes={len(self.nodes)}, real_edges={len(self.real_edges)}, virtual_edges={len(self.virtual_edges)})"
 
+    def stats(self) -> dict:
+        """Nodes, edges, depth, average degree and shortest path, primitive counts (see :func:`~ghninit.graph.draw.graph_stats`)."""
+        from .draw import graph_stats
+
+        return graph_stats(self)
+
+    def draw(self, path, **options):
+        """Draw the graph into ``path`` (PNG/SVG/PDF by extension; see :func:`~ghninit.graph.draw.draw_graph`)."""
+        from .draw import draw_graph
+
+        return draw_graph(self, path, **options)
+
 
 def _is_param(node: Node, min_dim: int = 1) -> bool:
     return node.param is not None and node.shape is not None and len(node.shape) >= min_dim

@@ -1,0 +1,51 @@
+"""Command line of ghninit: ``python -m ghninit <command>``, one module of this package per command.
+
+Each command module (:mod:`.zoo` for ``list``/``download``, :mod:`.init`, :mod:`.graph`, :mod:`.check`)
+exposes :class:`Command` entries; :data:`COMMANDS` lists them in the order ``--help`` shows them. A
+command's module is imported only when the command runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    """A sub-command: its name, one-line help, and the module with its ``configure_<name>``/``run_<name>``."""
+
+    name: str
+    help: str
+    module: str
+
+    def _function(self, kind: str):
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), f"{kind}_{self.name}")
+
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        """Add the command's arguments to its sub-parser."""
+        self._function("configure")(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        """Run the command; returns its exit status."""
+        return self._function("run")(args)
+
+
+COMMANDS: list[Command] = [
+    Command("list", "list the GHNs that load by name", "zoo"),
+    Command("download", "download, verify and convert known GHNs into the cache", "zoo"),
+    Command("init", "initialise a timm/torchvision model with a GHN and write its state dict to a file", "init"),
+    Command("graph", "draw a model's GHN graph (PNG/SVG/PDF) and print its statistics", "graph"),
+    Command("check", "check real GHN weights against the reference's published results", "check"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; returns its exit code."""
+    parser = argparse.ArgumentParser(prog="python -m ghninit", description="ghninit command line.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.configure(sub.add_parser(command.name, help=command.help, description=command.help))
+    args = parser.parse_args(argv)
+    return next(c for c in COMMANDS if c.name == args.command).run(args)
