@@ -58,7 +58,8 @@ class HubServer:
             :meth:`_raw_body` says (``"flip"``, ``"short"``, ``"truncate"``).
         raw: URL path -> bytes of the raw files served.
         raw_delay: seconds to wait before sending a raw file (to make concurrent downloads overlap).
-        fault: a network fault for raw files (:meth:`set_fault`): ``None``; ``"stall"`` (the request is
+        fault: a network fault for raw files, and for GETs of Hub files (``stall``, ``stall_body`` and
+            ``error`` only) (:meth:`set_fault`): ``None``; ``"stall"`` (the request is
             read and never answered); ``"stall_body"`` (headers and half the body, then silence);
             ``"reset"`` (headers and half the body, then a TCP reset); ``"error"`` (HTTP 500);
             ``"slow"`` (the body in pieces of :attr:`slow_chunk` bytes, :attr:`slow_delay` s apart).
@@ -271,6 +272,20 @@ def _make_handler(server: HubServer):
                 headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(size)})
             if head:
                 return self._send(200, headers, head=True, length=size)
+            fault = server._take_fault()  # as for raw files; HEAD requests are never affected
+            if fault in ("stall", "stall_body"):
+                if fault == "stall_body":
+                    self.send_response(200)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    self._write(self.path, body[: len(body) // 2])
+                server.stop.wait(60)
+                self.close_connection = True
+                return
+            if fault == "error":
+                return self._send(500, {"Content-Type": "text/plain"}, b"500: Internal Server Error")
             start = 0
             if self.headers.get("Range", "").startswith("bytes="):
                 start = int(self.headers["Range"][6:].split("-")[0] or 0)

@@ -359,8 +359,9 @@ def _write_body(chunks, partial: Path, have: int, bar) -> None:
     with contextlib.ExitStack() as stack:
         try:
             f = stack.enter_context(open(partial, "r+b" if have else "wb"))
-            f.seek(have)
-            f.truncate()
+            if have:
+                f.seek(have)
+                f.truncate()
         except OSError as err:
             raise _write_error(partial, err) from err
         for chunk in chunks:
@@ -434,3 +435,58 @@ def _give_up(url, failure, settings, attempts, start, have, total, partial) -> S
         what = f"{host} answered {failure.detail}."
         fix = "check the URL (and GHNINIT_OFFICIAL_URL if set)"
     return SourceUnavailable(f"downloading {url} failed: {what}{kept} Fix: {fix}. Settings: {settings.describe()}.")
+
+
+# -- Hub files: a bounded first contact before hf_hub_download -------------------------------------------
+
+
+def _transport_failure(err: BaseException) -> str | None:
+    """``"timeout"`` or ``"connect"`` for a network error of httpx or requests (by class name, so that
+    either client works), else None (an HTTP answer, or something else)."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    if names & {"TimeoutException", "Timeout", "ReadTimeout", "ConnectTimeout", "TimeoutError"}:
+        return "timeout"
+    if names & {"ConnectError", "ConnectionError", "NetworkError", "RemoteProtocolError", "ProxyError"}:
+        return "connect"
+    return None
+
+
+def probe_hub_file(url: str, token: str | bool | None = None, settings: DownloadSettings | None = None) -> None:
+    """Ask the Hub for a file's metadata (one ``HEAD``) with ghninit's timeout and retries.
+
+    ``hf_hub_download`` on a file that is not cached yet retries its metadata request with a
+    fixed 60 s timeout when the first one times out, five times with backoff, so a stalled
+    ``HF_ENDPOINT`` takes several minutes to end. This check ends it within ghninit's settings;
+    an HTTP answer of any status passes (``hf_hub_download`` then explains it).
+
+    Raises:
+        SourceUnavailable: no answer within the read timeout, or no connection, on every attempt.
+    """
+    from huggingface_hub import get_hf_file_metadata
+
+    settings = settings or DownloadSettings.from_env()
+    start, wait = time.monotonic(), settings.backoff
+    for attempt in range(1, settings.retries + 2):
+        try:
+            get_hf_file_metadata(url, token=token, timeout=settings.read_timeout)
+            return
+        except Exception as err:  # noqa: BLE001 - classified below; anything else is hf_hub_download's to explain
+            kind = _transport_failure(err)
+            if kind is None:
+                return
+            if attempt > settings.retries:
+                host, took = urlsplit(url).netloc, f"{attempt} attempts in {time.monotonic() - start:.1f} s"
+                what = (
+                    f"timed out: {host} sent no answer for {_secs(settings.read_timeout)} (the read timeout), {took}"
+                    if kind == "timeout"
+                    else f"could not connect to {host} ({type(err).__name__}: {err}), {took}: the machine may be "
+                    "offline or need a proxy"
+                )
+                raise SourceUnavailable(
+                    f"asking {url} for the file failed: {what}. Fix: check the network, proxy and HF_ENDPOINT; on a "
+                    f"slow link raise the timeout, e.g. {TIMEOUT_ENV}=60; on a machine without network set "
+                    f"HF_HUB_OFFLINE=1 and fill the cache on a connected one. Settings: {settings.describe()}."
+                ) from err
+            logger.warning("asking %s: %s; retrying in %s", url, type(err).__name__, _secs(wait))
+            time.sleep(wait)
+            wait = min(wait * 2, settings.max_backoff)
