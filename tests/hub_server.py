@@ -24,6 +24,8 @@ import hashlib
 import json
 import os
 import queue
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -56,6 +58,15 @@ class HubServer:
             :meth:`_raw_body` says (``"flip"``, ``"short"``, ``"truncate"``).
         raw: URL path -> bytes of the raw files served.
         raw_delay: seconds to wait before sending a raw file (to make concurrent downloads overlap).
+        fault: a network fault for raw files, and for GETs of Hub files (``stall``, ``stall_body`` and
+            ``error`` only) (:meth:`set_fault`): ``None``; ``"stall"`` (the request is
+            read and never answered); ``"stall_body"`` (headers and half the body, then silence);
+            ``"reset"`` (headers and half the body, then a TCP reset); ``"error"`` (HTTP 500);
+            ``"slow"`` (the body in pieces of :attr:`slow_chunk` bytes, :attr:`slow_delay` s apart).
+        fault_times: how many more requests get :attr:`fault` (``None``: all of them).
+        ranges: whether raw files honour ``Range: bytes=N-`` (206 with ``Content-Range``), as GitHub does.
+        sent: URL path -> body bytes written to clients for it, over all requests.
+        range_headers: the ``Range`` header of every raw-file request (None when absent), in order.
     """
 
     def __init__(self):
@@ -65,6 +76,13 @@ class HubServer:
         self.corrupt: str | None = None
         self.raw: dict[str, bytes] = {}
         self.raw_delay = 0.0
+        self.fault: str | None = None
+        self.fault_times: int | None = None
+        self.ranges = True
+        self.slow_chunk, self.slow_delay = 64 * 1024, 0.05
+        self.sent: dict[str, int] = {}
+        self.range_headers: list[str | None] = []
+        self.stop = threading.Event()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -100,19 +118,43 @@ class HubServer:
             return [p for m, p in self.requests if method is None or m == method]
 
     def reset(self) -> None:
-        """Forget the requests received so far."""
+        """Forget the requests received so far (and the bytes sent, and the Range headers)."""
         with self._lock:
             self.requests.clear()
             self.authorizations.clear()
+            self.sent.clear()
+            self.range_headers.clear()
+
+    def set_fault(self, fault: str | None, times: int | None = None) -> None:
+        """Give the next ``times`` raw-file requests (all: ``None``) the network fault ``fault`` (see :attr:`fault`)."""
+        if fault not in (None, "stall", "stall_body", "reset", "error", "slow"):
+            raise ValueError(f"unknown fault {fault!r}")
+        with self._lock:
+            self.fault, self.fault_times = fault, times
+
+    def _take_fault(self) -> str | None:
+        with self._lock:
+            fault = self.fault
+            if fault is not None and self.fault_times is not None:
+                self.fault_times -= 1
+                if self.fault_times <= 0:
+                    self.fault, self.fault_times = None, None
+            return fault
+
+    def _count(self, path: str, n: int) -> None:
+        with self._lock:
+            self.sent[path] = self.sent.get(path, 0) + n
 
     def __enter__(self) -> HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.handle_error = _quiet_handle_error  # a client that hangs up is part of the tests
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stop.set()  # ends stalled answers
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10)
@@ -166,6 +208,14 @@ class HubServer:
         if self.corrupt == "truncate":
             return data[: len(data) // 2], len(data)
         return data, len(data)
+
+
+def _quiet_handle_error(request, client_address) -> None:
+    """Ignore connections the client closed or reset (fault tests do that); print anything else."""
+    if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+        import traceback
+
+        traceback.print_exc()
 
 
 def _make_handler(server: HubServer):
@@ -222,6 +272,20 @@ def _make_handler(server: HubServer):
                 headers.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(size)})
             if head:
                 return self._send(200, headers, head=True, length=size)
+            fault = server._take_fault()  # as for raw files; HEAD requests are never affected
+            if fault in ("stall", "stall_body"):
+                if fault == "stall_body":
+                    self.send_response(200)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    self._write(self.path, body[: len(body) // 2])
+                server.stop.wait(60)
+                self.close_connection = True
+                return
+            if fault == "error":
+                return self._send(500, {"Content-Type": "text/plain"}, b"500: Internal Server Error")
             start = 0
             if self.headers.get("Range", "").startswith("bytes="):
                 start = int(self.headers["Range"][6:].split("-")[0] or 0)
@@ -232,12 +296,58 @@ def _make_handler(server: HubServer):
             data = server.raw.get(unquote(path))
             if data is None:
                 return self._send(404, {"Content-Type": "text/plain"}, b"404: Not Found", head)
+            with server._lock:
+                server.range_headers.append(self.headers.get("Range"))
+            fault = None if head else server._take_fault()
+            if fault == "stall":
+                server.stop.wait(60)
+                self.close_connection = True
+                return
+            if fault == "error":
+                return self._send(500, {"Content-Type": "text/plain"}, b"500: Internal Server Error", head)
             body, size = server._raw_body(data)
             if server.raw_delay:  # a slow download, so that concurrent loaders overlap
                 time.sleep(server.raw_delay)
-            self._send(200, {"Content-Type": "application/octet-stream"}, body, head, length=size)
-            if len(body) < size:
+            headers, status, start = {"Content-Type": "application/octet-stream"}, 200, 0
+            if server.ranges:
+                headers["Accept-Ranges"] = "bytes"
+                asked = self.headers.get("Range", "")
+                if asked.startswith("bytes=") and asked.endswith("-"):
+                    start = int(asked[6:-1])
+                    if start >= size:
+                        return self._send(416, {"Content-Range": f"bytes */{size}"}, b"", head)
+                    status, headers["Content-Range"] = 206, f"bytes {start}-{size - 1}/{size}"
+            body = body[start:]
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(size - start))
+            self.end_headers()
+            if head:
+                return
+            if fault in ("stall_body", "reset"):
+                half = len(body) // 2
+                self._write(path, body[:half])
+                if fault == "stall_body":
+                    server.stop.wait(60)
+                else:  # RST instead of FIN: the client sees "connection reset"
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                return
+            if fault == "slow":
+                for i in range(0, len(body), server.slow_chunk):
+                    self._write(path, body[i : i + server.slow_chunk])
+                    if server.stop.wait(server.slow_delay):
+                        break
+            else:
+                self._write(path, body)
+            if len(body) < size - start:
                 self.close_connection = True  # the client sees the body cut short
+
+        def _write(self, path: str, data: bytes) -> None:
+            self.wfile.write(data)
+            self.wfile.flush()
+            server._count(unquote(path), len(data))
 
         def _repo_info(self, repo_id: str, revision: str, head: bool) -> None:
             status, headers, sha, files = server._resolve(repo_id, revision)

@@ -268,7 +268,9 @@ def test_a_table_variant_that_the_config_contradicts_is_loaded_as_the_config_say
     assert variant_of(ghn.config) == "ghn1"
 
 
-@pytest.mark.parametrize("damage", ["flip", "short", "truncate"])  # truncate: the connection closes half way
+# flip: bytes changed, same size; short: half the file served as if it were all of it. A body cut short
+# (fewer bytes than announced) is not a hash error but an incomplete download: tests/test_download_faults.py.
+@pytest.mark.parametrize("damage", ["flip", "short"])
 def test_a_tampered_or_truncated_file_is_rejected_with_the_hash_error_and_nothing_is_cached(registered, damage):
     server, f = registered.server, registered.files["ghn2"]
     server.corrupt = damage

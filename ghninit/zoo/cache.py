@@ -6,9 +6,14 @@ card ``README.md`` and ``provenance.json``) under ``<cache>/ghns/<name>/<source 
 loads from there without any request. The cache is ``$GHNINIT_CACHE``, else
 ``$XDG_CACHE_HOME/ghninit``, else ``~/.cache/ghninit``. :func:`fetch_convert_store` is the one
 "fetch, verify, convert, store" path, shared by every kind of source: it holds a file lock (so the
-ranks of a ``torchrun`` job download once and never see a half-written folder), works in a
-temporary folder and publishes the result with an atomic rename. Every load checks the cached
-``model.safetensors`` against the sha256 recorded in ``provenance.json``.
+ranks of a ``torchrun`` job download once and never see a half-written folder; the operating
+system releases it when its holder dies, and a waiter gives up after ``GHNINIT_LOCK_TIMEOUT``
+seconds with a message naming the lock), works in a work folder ``<cache>/ghns/.tmp/<name>--<key>``
+and publishes the result with an atomic rename. The work folder is removed once the GHN is stored
+or the fetched file is rejected; after a download that failed or was interrupted it is kept, so
+that the next call resumes the partial file in it, and any work folder untouched for a day is
+removed. Every load checks the cached ``model.safetensors`` against the sha256 recorded in
+``provenance.json``.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from ..errors import GHNLoadError, SourceUnavailable
 
@@ -32,6 +39,12 @@ CACHE_ENV = "GHNINIT_CACHE"
 OFFLINE_ENV = "GHNINIT_OFFLINE"
 PROVENANCE_NAME = "provenance.json"
 WEIGHTS_NAME = "model.safetensors"
+LOCK_TIMEOUT_ENV = "GHNINIT_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 3600.0
+STALE_WORK_SECONDS = 24 * 3600.0
+LOCK_LOG_SECONDS = 10.0
+
+logger = logging.getLogger("ghninit.download")
 
 
 def _truthy(value: str | None) -> bool:
@@ -212,15 +225,86 @@ def fetch_convert_store(
         )
     root = folder.parent.parent
     (root / ".locks").mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".locks" / f"{folder.parent.name}--{folder.name}.lock")):
+    with cache_lock(root / ".locks" / f"{folder.parent.name}--{folder.name}.lock", what):
         if folder.is_dir() and not force:  # another process made it while we waited for the lock
             return verify_cached_folder(folder, what, fix)
-        (root / ".tmp").mkdir(exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root / ".tmp", prefix=f"{folder.parent.name}-") as work:
-            fetched = fetch(Path(work))
+        work = root / ".tmp" / f"{folder.parent.name}--{folder.name}"
+        remove_stale_work(root / ".tmp", keep=work)
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            fetched = fetch(work)
             ghn = convert(fetched)
             if fetched.is_file():  # what was converted, exactly
                 provenance = {**provenance, "source_sha256": file_sha256(fetched)}
             with staged_folder(folder) as stage:
                 write_ghn_folder(ghn, stage, provenance, card)
+        except (SourceUnavailable, KeyboardInterrupt, SystemExit):  # a partial download stays, to be resumed
+            with contextlib.suppress(OSError):
+                work.rmdir()  # only if empty
+            raise
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
     return verify_cached_folder(folder, what, fix)
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold the file lock ``path`` (``filelock``: released by the operating system if its holder dies).
+
+    While another process holds it, a message is logged every 10 s; after ``$GHNINIT_LOCK_TIMEOUT``
+    seconds (default 3600) the wait ends with a :class:`GHNLoadError` that names the lock file.
+    """
+    value = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    try:
+        timeout = float(value) if value else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        raise GHNLoadError(f"{LOCK_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+    lock, start = FileLock(str(path)), time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - start)
+        try:
+            lock.acquire(timeout=max(0.0, min(LOCK_LOG_SECONDS, left)))
+            break
+        except Timeout:
+            waited = time.monotonic() - start
+            if waited >= timeout:
+                raise GHNLoadError(
+                    f"{what}: gave up after waiting {waited:.0f} s for the lock {path}: another process is "
+                    f"downloading or converting this GHN into the same cache. Fix: let it finish and retry; raise "
+                    f"the limit with {LOCK_TIMEOUT_ENV}=<seconds>. (A process that died releases the lock by itself; "
+                    "on a file system without file locks, delete the lock file if no other process is running.)"
+                ) from None
+            logger.warning("%s: waiting for another process to finish (lock %s, %.0f s so far)", what, path, waited)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def remove_stale_work(tmp: Path, keep: Path, age: float = STALE_WORK_SECONDS) -> list[Path]:
+    """Remove the entries of ``tmp`` (other than ``keep``) in which nothing changed for ``age`` seconds.
+
+    They are what killed or failed runs left (partial downloads nothing resumed); a live download
+    writes to its folder every few seconds at most (its read timeout). Returns what was removed.
+    """
+    removed, now = [], time.time()
+    if not tmp.is_dir():
+        return removed
+    for entry in tmp.iterdir():
+        if entry == keep:
+            continue
+        try:
+            newest = max(p.lstat().st_mtime for p in (entry, *entry.rglob("*")))
+        except OSError:
+            continue  # removed meanwhile
+        if now - newest > age:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            removed.append(entry)
+            logger.info("removed %s, left by an interrupted download (untouched for %.0f h)", entry, age / 3600)
+    return removed

@@ -97,7 +97,10 @@ class HubPickle:
     def fetch(self, work: Path, token: str | bool | None = None) -> Path:
         """Download the file into ``work`` with ``hf_hub_download`` (and check its sha256 when pinned).
 
-        ``token`` is passed to ``hf_hub_download`` (None: huggingface_hub's own, e.g. ``HF_TOKEN``).
+        ``token`` is passed to ``hf_hub_download`` (None: huggingface_hub's own, e.g. ``HF_TOKEN``). The
+        file's metadata is first asked for with ghninit's timeout and retries
+        (:func:`~ghninit.zoo.download.probe_hub_file`); the download itself follows huggingface_hub's
+        ``HF_HUB_DOWNLOAD_TIMEOUT`` and resumes what an interrupted call left in ``work``.
 
         Raises:
             SourceUnavailable: the Hub, the repo, the revision or the file could not be reached.
@@ -105,8 +108,11 @@ class HubPickle:
         """
         from huggingface_hub import hf_hub_download
 
-        from .cache import file_sha256
+        from .cache import file_sha256, is_offline
+        from .download import probe_hub_file
 
+        if not is_offline():
+            probe_hub_file(self.url(), token=token)  # a stalled endpoint ends within GHNINIT_DOWNLOAD_TIMEOUT
         try:
             path = Path(hf_hub_download(self.repo_id, self.filename, revision=self.revision, local_dir=work, token=token))
         except Exception as err:  # huggingface_hub raises many types (HTTP, connection, missing entry)

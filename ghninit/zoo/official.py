@@ -2,8 +2,8 @@
 
 An :class:`OfficialFile` is a file in a GitHub repository at a fixed commit (by default the
 ``checkpoints/`` folder of facebookresearch/ppuda, MIT). :meth:`OfficialFile.fetch` downloads it
-from GitHub's raw-file endpoint with ``torch.hub.download_url_to_file`` (progress bar, written to
-a temporary name and moved when complete) and checks its git blob SHA-1 before anything reads it;
+from GitHub's raw-file endpoint with :func:`ghninit.zoo.download.download_file` (timeouts, retries,
+resume of a ``.partial`` file, progress bar) and checks its git blob SHA-1 before anything reads it;
 :meth:`OfficialFile.convert` reads it only with ``torch.load(weights_only=True)``. The base URL, up
 to and including the commit, can be replaced with ``GHNINIT_OFFICIAL_URL`` (a mirror, or a test
 server); the file's path in the repository is appended to it.
@@ -11,22 +11,24 @@ server); the file's path in the repository is appended to it.
 
 from __future__ import annotations
 
-import http.client
+import logging
 import os
-import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import GHNLoadError, SourceUnavailable
+from ..errors import GHNLoadError
 from .cache import git_blob_sha1
+from .download import download_file
 from .files import ghn_from_reference_checkpoint
 
 PPUDA_REPO = "facebookresearch/ppuda"
 PPUDA_COMMIT = "4673a42507a9dcd0a5ae04e74599e8c92af689b9"
 OFFICIAL_URL_ENV = "GHNINIT_OFFICIAL_URL"
 RAW_ENDPOINT = "https://raw.githubusercontent.com"
+
+logger = logging.getLogger("ghninit.download")
 
 
 @dataclass(frozen=True)
@@ -79,30 +81,38 @@ class OfficialFile:
     def fetch(self, work: Path, token: str | bool | None = None) -> Path:
         """Download the file into ``work`` and check its git blob SHA-1; returns its path.
 
-        ``token`` is ignored: the file is public on GitHub, not on the Hub.
+        A ``<name>.partial`` file that an interrupted call left in ``work`` is resumed. ``token`` is
+        ignored: the file is public on GitHub, not on the Hub.
 
         Raises:
-            SourceUnavailable: the file could not be downloaded (network, HTTP error, cut short).
-            GHNLoadError: the bytes do not hash to :attr:`blob_sha1`; the download is deleted.
+            SourceUnavailable: the file could not be downloaded completely (offline, a timeout, an HTTP
+                error, cut short on every attempt); what arrived stays in ``<name>.partial``.
+            GHNLoadError: the complete file does not hash to :attr:`blob_sha1`; the download is deleted.
         """
-        from huggingface_hub.utils import are_progress_bars_disabled
-
-        url, dst = self.url(), Path(work) / Path(self.path).name
-        try:
-            torch.hub.download_url_to_file(url, str(dst), progress=not are_progress_bars_disabled())
-        except urllib.error.HTTPError as err:
-            raise SourceUnavailable(f"{url} answered HTTP {err.code} {err.reason}") from err
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            raise SourceUnavailable(f"downloading {url} failed ({type(err).__name__}: {err})") from err
+        name = Path(self.path).name
+        url, dst, partial = self.url(), Path(work) / name, Path(work) / f"{name}.partial"
+        result = download_file(url, dst, partial=partial, desc=name)
         actual = git_blob_sha1(dst)
+        if actual != self.blob_sha1 and result.resumed_from:
+            logger.warning(
+                "%s: the file resumed from an earlier download (%s bytes kept) has git blob SHA-1 %s, expected %s; "
+                "downloading it again from the start",
+                name,
+                result.resumed_from,
+                actual,
+                self.blob_sha1,
+            )
+            dst.unlink()
+            download_file(url, dst, partial=partial, desc=name)
+            actual = git_blob_sha1(dst)
         if actual != self.blob_sha1:
             size = dst.stat().st_size
             dst.unlink()
             raise GHNLoadError(
                 f"{self.path} downloaded from {url} is not the pinned file: its git blob SHA-1 is {actual} "
-                f"({size:,} bytes), expected {self.blob_sha1} ({self.repo} at commit {self.commit}). The download "
-                "was deleted; nothing was loaded or cached. Fix: retry; if it persists, the server or the mirror "
-                f"set in {OFFICIAL_URL_ENV} serves a different or damaged file."
+                f"({size:,} bytes, the complete length the server announced), expected {self.blob_sha1} ({self.repo} "
+                f"at commit {self.commit}). The download was deleted; nothing was loaded or cached. Fix: retry; if it "
+                f"persists, the server or the mirror set in {OFFICIAL_URL_ENV} serves a different or damaged file."
             )
         return dst
 
