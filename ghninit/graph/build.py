@@ -435,8 +435,10 @@ def _output_nodes(graph: fx.Graph) -> list[fx.Node]:
             return
         if isinstance(value, fx.Node):
             target = value.target
-            if value.op == "call_function" and isinstance(target, type) and (
-                issubclass(target, tuple) or is_dataclass(target)
+            if (
+                value.op == "call_function"
+                and isinstance(target, type)
+                and (issubclass(target, tuple) or is_dataclass(target))
             ):  # a named tuple or dataclass built in forward: its fields
                 fields = getattr(target, "_fields", ())
                 for i, arg in enumerate(value.args):
