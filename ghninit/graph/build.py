@@ -421,7 +421,7 @@ def _join(prefix: str | None, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _output_nodes(graph: fx.Graph) -> list[fx.Node]:
+def _output_nodes(graph: fx.Graph, model: nn.Module) -> list[fx.Node]:
     """The fx nodes the model returns, in order, through tuples, lists, dicts, named tuples and dataclasses.
 
     Fields and keys named ``aux*`` (GoogLeNet's and Inception's auxiliary training logits) are left
@@ -459,8 +459,27 @@ def _output_nodes(graph: fx.Graph) -> list[fx.Node]:
 
     walk(out.args[0])
     if not found:
+        found = _hooked_outputs(graph, model)
+    if not found:
         raise TraceError("the model's forward returns no tensor computed from its input")
     return found
+
+
+def _hooked_outputs(graph: fx.Graph, model: nn.Module) -> list[fx.Node]:
+    """For a model that returns what forward hooks collect (timm's ``FeatureHookNet``): the hooked modules' outputs.
+
+    fx does not run hooks, so the traced forward returns nothing; each hooked module's output is
+    the last traced node inside it.
+    """
+    hooked = [path for path, m in model.named_modules() if path and m._forward_hooks]
+    last: dict[str, fx.Node] = {}
+    for node in graph.nodes:
+        scopes = node.meta.get("nn_module_stack", {})
+        for path in hooked:
+            if path in scopes or (node.op == "call_module" and node.target == path):
+                last[path] = node
+    position = {node: i for i, node in enumerate(graph.nodes)}
+    return sorted(set(last.values()), key=position.__getitem__)
 
 
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
@@ -515,7 +534,7 @@ def build_graph(
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
     fx_graph = trace(model, leaf_modules)
-    returned = _output_nodes(fx_graph)
+    returned = _output_nodes(fx_graph, model)
     needed = _ancestors(returned)
     modules = dict(model.named_modules())
     gated = rules.gated_cse and is_gated_network((n for n in fx_graph.nodes if n in needed), modules)

@@ -226,6 +226,11 @@ try:  # torchvision's LayerNorm2d subclasses nn.LayerNorm; Swin attention uses w
         nodes.append(NodeSpec("msa"))
         return nodes + _weight_and_bias("conv", proj.weight, proj.bias, "proj.")
 
+    from torchvision.models.video import swin_transformer as _swin3d
+
+    # the video Swin's window attention (a class of its own, not a subclass): the same description
+    register_module(_swin3d.ShiftedWindowAttention3d)(_shifted_window_attention)
+
 except ImportError:  # pragma: no cover - torchvision is a dependency, but keep the core usable
     pass
 
