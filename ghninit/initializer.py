@@ -155,6 +155,7 @@ def initialize(
         inflated=[n for n in inflated if n in ready or n in inversion.written_through],
         parametrized=inversion.written_through,
         lazy=lazy,
+        n_outputs=graph.n_outputs,
         skipped_families=skipped_families(module, skipped),
     )
     warning = report.coverage_warning()

@@ -34,6 +34,7 @@ class Report:
         parametrized: parametrized weights (``torch.nn.utils.parametrize``) written through their
             parametrizations' ``right_inverse`` -> those parametrizations' class names.
         lazy: how lazy modules were materialised before prediction (the example input), or ``None``.
+        n_outputs: how many of the model's outputs the graph joins (at a ``concat`` sink when more than one).
         skipped_families: the skipped parameters grouped by module type and reason, largest first:
             ``(module type, reason, number of scalar parameters)``.
     """
@@ -55,6 +56,7 @@ class Report:
     inflated: list[str] = field(default_factory=list)
     parametrized: dict[str, list[str]] = field(default_factory=dict)
     lazy: str | None = None
+    n_outputs: int = 1
     skipped_families: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
@@ -87,7 +89,8 @@ class Report:
         lines += [
             f"ghninit: {self.model} initialised by {self.ghn}",
             f"  predicted {self.n_tensors_predicted} tensors, {self.n_params_predicted:,} of "
-            f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes",
+            f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes"
+            + (f" joining {self.n_outputs} outputs" if self.n_outputs > 1 else ""),
             f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
         ]
         if self.postprocess:

@@ -96,6 +96,7 @@ def test_two_head_model_gets_both_heads(ghn, model_type):
         assert name in report.predicted
         assert not torch.equal(before[name], model.get_parameter(name))
     assert report.fraction_predicted == 1.0
+    assert report.n_outputs == 2 and "joining 2 outputs" in str(report)
 
 
 class OneOutput(TwoHeads):
