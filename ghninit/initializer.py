@@ -81,10 +81,10 @@ def initialize(
             "(dataset names a GHN; ghn is a loaded GHN, a path or a Hub repo)"
         )
     module, wrappers = unwrap(model)
-    ghn, source = _resolve_ghn(ghn, dataset)
-    lazy = materialize_lazy(module, example_inputs, ghn_image_size(ghn))
     materialize_on = target_device(module, device)
     post = resolve_postprocess(postprocess)
+    ghn, source = _resolve_ghn(ghn, dataset)
+    lazy = materialize_lazy(module, example_inputs, ghn_image_size(ghn))
     graph = build_graph(
         module, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES)
     )
