@@ -91,7 +91,9 @@ class Report:
             f"  predicted {self.n_tensors_predicted} tensors, {self.n_params_predicted:,} of "
             f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes"
             + (f" joining {self.n_outputs} outputs" if self.n_outputs > 1 else ""),
-            f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
+            "  classifier: none, the outputs' heads are predicted as layers"
+            if self.n_outputs > 1
+            else f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
         ]
         if self.postprocess:
             lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
