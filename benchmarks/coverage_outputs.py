@@ -166,7 +166,7 @@ def measure(section: str, name: str, build, ghn, example: torch.Tensor | None) -
 
 def _portable(ghn: str) -> str:
     path = Path(ghn)
-    return Path(os.path.relpath(path.resolve(), REPO_DIR)).as_posix() if path.exists() else ghn
+    return Path(os.path.relpath(os.path.abspath(path), REPO_DIR)).as_posix() if path.exists() else ghn
 
 
 def write_markdown(rows: list[dict], path: Path, command: str, forward: bool) -> None:
