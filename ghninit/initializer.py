@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .errors import TraceError
 from .ghn import GHN2, GHN3
+from .ghn.presets import DATASET_SHAPES
 from .graph.build import GHN2_RULES, build_graph
 from .report import Report
-from .write.assign import prepare, reset_batchnorm_statistics, write
+from .write.assign import inflate_blocks, prepare, reset_batchnorm_statistics, write
 from .write.meta import materialize, target_device
+from .write.parametrized import Inversion, through_right_inverse
 from .write.postprocess import Orthogonalize, plan, resolve_postprocess
 from .write.wrapped import unwrap
 from .zoo.hub import load_ghn
@@ -28,6 +33,7 @@ def initialize(
     leaf_modules: Iterable[type] = (),
     postprocess: bool | str | Orthogonalize | None = None,
     device: str | torch.device | None = None,
+    example_inputs: Any = None,
 ) -> Report:
     """Initialise ``model`` in place with parameters predicted by GHN-2.
 
@@ -52,6 +58,11 @@ def initialize(
         device: only for a model built on the ``meta`` device: allocate it there (``"cpu"``,
             ``"cuda"``), write the predicted tensors, and initialise the rest with the modules' own
             ``reset_parameters``; the report says how each parameter was filled.
+        example_inputs: what to call the model with where an input is needed: a tuple of
+            positional arguments, a single tensor, or a dict of keyword arguments for
+            ``model(...)``. Lazy modules (``nn.LazyLinear``...) are materialised with one forward
+            pass on it before prediction; without it, on a random image of the GHN's input size
+            (``(1, 3, 32, 32)`` for a CIFAR-10 GHN, ``(1, 3, 224, 224)`` for ImageNet).
 
     Returns:
         a :class:`Report`; ``print(report)`` summarises it.
@@ -73,6 +84,7 @@ def initialize(
     materialize_on = target_device(module, device)
     post = resolve_postprocess(postprocess)
     ghn, source = _resolve_ghn(ghn, dataset)
+    lazy = materialize_lazy(module, example_inputs, ghn_image_size(ghn))
     graph = build_graph(
         module, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES)
     )
@@ -84,18 +96,27 @@ def initialize(
     with torch.inference_mode(False), torch.no_grad():
         blocks = {name: block for name, (block, _) in ghn.predict_blocks(graph, predict_classifier).items()}
         t_predict = time.perf_counter()
+        blocks, inflated = inflate_blocks(module, blocks)
         ready = prepare(module, blocks, materialize_on)
         if post is not None:
             classifier = [graph.nodes[i].param for i in graph.classifier if i is not None]
             post_done = plan(module, post, values=ready, only=ready, classifier=classifier[:1] or None)
             ready.update(post_done)
+        inversion = _through_parametrizations(module, ready, materialize_on)
+        ready = inversion.ready
         materialized = materialize(module, materialize_on, ready) if materialize_on else {}
         if not materialize_on:
-            write(module, ready)
+            try:
+                write(module, ready)
+            except BaseException:
+                inversion.undo()
+                raise
+        inversion.commit()
         reset_batchnorm_statistics(module)
     end = time.perf_counter()
 
-    skipped = dict(graph.uncovered)
+    skipped = {name: why for name, why in graph.uncovered.items() if name not in inversion.written_through}
+    skipped.update(inversion.skipped)
     if not predict_classifier:
         for i in graph.classifier:
             if i is not None:
@@ -110,7 +131,8 @@ def initialize(
     for name, how in materialized.items():
         skipped[name] = f"{skipped[name]}; {how}" if name in skipped else how
     params = dict(module.named_parameters())
-    return Report(
+    skipped = {name: why for name, why in skipped.items() if name in params}  # parametrized names: their originals
+    report = Report(
         model=type(module).__name__,
         ghn=source,
         predicted=list(ready),
@@ -130,7 +152,136 @@ def initialize(
         shared={n: [a for a in names[n][1] if a != n] for n in ready if len(names[n][1]) > 1},
         wrappers=wrappers,
         materialized_on=str(materialize_on) if materialize_on else None,
+        inflated=[n for n in inflated if n in ready or n in inversion.written_through],
+        parametrized=inversion.written_through,
+        lazy=lazy,
+        n_outputs=graph.n_outputs,
+        skipped_families=skipped_families(module, skipped),
     )
+    warning = report.coverage_warning()
+    if warning:
+        warnings.warn(f"ghninit.initialize: {warning}", UserWarning, stacklevel=2)
+    return report
+
+
+def _through_parametrizations(module: nn.Module, ready: dict, materialize_on: torch.device | None) -> Inversion:
+    """Parametrized weights in ``ready`` as values for their originals; left alone on a meta-device model."""
+    if materialize_on is None:
+        return through_right_inverse(module, ready)
+    from .write.parametrized import parametrized_tensors
+
+    owners = parametrized_tensors(module)
+    kept = {name: value for name, value in ready.items() if name not in owners}
+    inversion = Inversion(kept)
+    for name in ready.keys() - kept.keys():
+        prefix = f"{name.rpartition('.')[0]}.parametrizations.{name.rpartition('.')[2]}".lstrip(".")
+        for original, _ in module.named_parameters():
+            if original.startswith(prefix + ".original"):
+                inversion.skipped[original] = (
+                    "parametrized weight of a meta-device model: not written through right_inverse"
+                )
+    return inversion
+
+
+def skipped_families(module: nn.Module, skipped: dict[str, str]) -> list[tuple[str, str, int]]:
+    """Skipped parameters grouped by (module type, reason), with their sizes, largest first."""
+    params = dict(module.named_parameters())
+    families: dict[tuple[str, str], int] = {}
+    for name, why in skipped.items():
+        if name not in params:
+            continue
+        path = name.rpartition(".")[0]
+        if ".parametrizations." in f".{name}":
+            path = f".{name}".rpartition(".parametrizations.")[0][1:]
+        owner = module.get_submodule(path) if path else module
+        kind = type(owner).__name__.removeprefix("Parametrized")
+        key = (kind, why)
+        families[key] = families.get(key, 0) + params[name].numel()
+    return sorted(((k, w, n) for (k, w), n in families.items()), key=lambda f: -f[2])
+
+
+def ghn_image_size(ghn: nn.Module) -> int:
+    """The input size a GHN was trained for, from its largest predicted block (CIFAR-10: 32, ImageNet: 224)."""
+    max_shape = tuple(getattr(ghn, "max_shape", ()))
+    for shapes in DATASET_SHAPES.values():
+        if tuple(shapes["max_shape"]) == max_shape:
+            return int(shapes["image_size"])
+    return 224
+
+
+def example_call(example_inputs: Any) -> tuple[tuple, dict]:
+    """``example_inputs`` as ``(args, kwargs)`` for ``model(*args, **kwargs)``.
+
+    A tuple is the positional arguments, a dict the keyword arguments, anything else (a tensor)
+    the one positional argument.
+    """
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs, {}
+    return (example_inputs,), {}
+
+
+def _lazy_modules(module: nn.Module) -> list[str]:
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    return [
+        path or "<root>"
+        for path, m in module.named_modules()
+        if isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
+    ]
+
+
+def materialize_lazy(module: nn.Module, example_inputs: Any, image_size: int) -> str | None:
+    """Materialise lazy modules (``nn.LazyLinear``...) with one forward pass; returns what it ran on, or ``None``.
+
+    The pass runs in eval mode without gradients (train/eval modes are restored). Lazy modules
+    set their shapes and their own initialisation on their first call, as they would on the
+    user's first forward, so this changes no initialised parameter.
+
+    Raises:
+        TraceError: when the forward pass fails or leaves a module lazy, saying how to fix it.
+    """
+    lazy = _lazy_modules(module)
+    if not lazy:
+        return None
+    where = ", ".join(f"'{p}'" for p in lazy[:3]) + (f" and {len(lazy) - 3} more" if len(lazy) > 3 else "")
+    if example_inputs is None:
+        from torch.nn.parameter import is_lazy
+
+        device = next((t.device for t in module.parameters() if not is_lazy(t)), torch.device("cpu"))
+        generator = torch.Generator().manual_seed(0)
+        image = torch.randn(1, 3, image_size, image_size, generator=generator).to(device)
+        args, kwargs = (image,), {}
+        described = f"one forward pass on a random (1, 3, {image_size}, {image_size}) image (the GHN's input size)"
+    else:
+        args, kwargs = example_call(example_inputs)
+        described = "one forward pass on example_inputs"
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(*args, **kwargs)
+    except Exception as err:
+        given = "example_inputs" if example_inputs is not None else f"a (1, 3, {image_size}, {image_size}) image"
+        raise TraceError(
+            f"{type(module).__name__} has lazy modules ({where}) whose shapes are set by their first call, and "
+            f"running the model on {given} to materialise them failed: {type(err).__name__}: {err}\n"
+            "Fix: pass ghninit.initialize(model, ..., example_inputs=<what model(...) takes>) (a tensor, a tuple "
+            "of positional arguments or a dict of keyword arguments), or call the model once on a real batch "
+            "before initialize."
+        ) from err
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+    still = _lazy_modules(module)
+    if still:
+        raise TraceError(
+            f"{type(module).__name__}: lazy modules {', '.join(repr(p) for p in still[:3])} were not called by the "
+            "forward pass, so their shapes are unknown. Fix: pass example_inputs= that reach them, or call those "
+            "modules once before ghninit.initialize."
+        )
+    return described
 
 
 def _names_by_tensor(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[str]]]:

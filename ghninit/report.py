@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+LOW_COVERAGE = 0.5  # below this fraction of parameters predicted, initialize warns and the summary says so first
+INFLATION_RULE = "2-D kernel predicted, repeated over the T time steps and divided by T (I3D inflation)"
+
 
 @dataclass
 class Report:
@@ -26,6 +29,14 @@ class Report:
         wrappers: wrappers that were looked through (``OptimizedModule``, ``DataParallel``...),
             outermost first; parameter names are those of the module inside.
         materialized_on: the device a meta-device model was allocated on, or ``None``.
+        inflated: 3-D convolution weights predicted as their 2-D counterpart and inflated along
+            time by :data:`INFLATION_RULE`.
+        parametrized: parametrized weights (``torch.nn.utils.parametrize``) written through their
+            parametrizations' ``right_inverse`` -> those parametrizations' class names.
+        lazy: how lazy modules were materialised before prediction (the example input), or ``None``.
+        n_outputs: how many of the model's outputs the graph joins (at a ``concat`` sink when more than one).
+        skipped_families: the skipped parameters grouped by module type and reason, largest first:
+            ``(module type, reason, number of scalar parameters)``.
     """
 
     model: str
@@ -42,6 +53,11 @@ class Report:
     shared: dict[str, list[str]] = field(default_factory=dict)
     wrappers: list[str] = field(default_factory=list)
     materialized_on: str | None = None
+    inflated: list[str] = field(default_factory=list)
+    parametrized: dict[str, list[str]] = field(default_factory=dict)
+    lazy: str | None = None
+    n_outputs: int = 1
+    skipped_families: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -51,12 +67,33 @@ class Report:
     def fraction_predicted(self) -> float:
         return self.n_params_predicted / max(self.n_params_total, 1)
 
+    @property
+    def low_coverage(self) -> bool:
+        """Whether less than :data:`LOW_COVERAGE` of the parameters were predicted."""
+        return self.n_params_total > 0 and self.fraction_predicted < LOW_COVERAGE
+
+    def coverage_warning(self, families: int = 3) -> str | None:
+        """One line saying how little was predicted and the largest skipped families, when coverage is low."""
+        if not self.low_coverage:
+            return None
+        parts = [f"{kind} ({n:,} parameters: {why})" for kind, why, n in self.skipped_families[:families]]
+        largest = "; largest kept as they were: " + "; ".join(parts) if parts else ""
+        return (
+            f"only {100 * self.fraction_predicted:.1f}% of {self.model}'s {self.n_params_total:,} parameters "
+            f"were predicted by the GHN; the rest keep their own initialisation{largest}"
+        )
+
     def __str__(self) -> str:
-        lines = [
+        warning = self.coverage_warning()
+        lines = [f"ghninit: WARNING: {warning}"] if warning else []
+        lines += [
             f"ghninit: {self.model} initialised by {self.ghn}",
             f"  predicted {self.n_tensors_predicted} tensors, {self.n_params_predicted:,} of "
-            f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes",
-            f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
+            f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes"
+            + (f" joining {self.n_outputs} outputs" if self.n_outputs > 1 else ""),
+            "  classifier: none, the outputs' heads are predicted as layers"
+            if self.n_outputs > 1
+            else f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
         ]
         if self.postprocess:
             lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
@@ -64,6 +101,15 @@ class Report:
             lines.append(f"  inside {' > '.join(self.wrappers)}: the wrapped module was initialised")
         if self.materialized_on:
             lines.append(f"  materialised from the meta device on {self.materialized_on}")
+        if self.lazy:
+            lines.append(f"  lazy modules materialised first: {self.lazy}")
+        if self.inflated:
+            lines.append(f"  3-D convolutions ({len(self.inflated)}): {INFLATION_RULE}")
+        if self.parametrized:
+            kinds = sorted({k for ks in self.parametrized.values() for k in ks})
+            lines.append(
+                f"  parametrized weights ({len(self.parametrized)}, {', '.join(kinds)}): written through right_inverse"
+            )
         for name, others in self.shared.items():
             lines.append(f"  tied: {name} predicted once, shared with {', '.join(others)}")
         if self.skipped:

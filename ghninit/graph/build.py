@@ -2,9 +2,12 @@
 
 :func:`build_graph` walks the fx graph of a model in execution order. Each traced call either
 becomes a chain of GHN nodes (through the rules in :mod:`ghninit.graph.primitives`) or is dropped, in
-which case its inputs flow on to its consumers. Only what feeds the model's (first) output is
-kept. The resulting node order is topological with ``input`` first, so the classifier's weight and
-bias end up last. Virtual edges (GHN-2) join every pair at shortest-path distance 2..50, computed
+which case its inputs flow on to its consumers. Everything that feeds any of the model's outputs
+is kept (a tuple, list, dict, named tuple or dataclass of tensors; auxiliary training outputs,
+fields or keys named ``aux*``, are left out as the reference GHNs leave them out). Several outputs
+are joined at one ``concat`` sink node, the graph's last; a model with one output gets no sink, so
+its graph is what it always was. The resulting node order is topological with ``input`` first, so
+a single-output classifier's weight and bias end up last. Virtual edges (GHN-2) join every pair at shortest-path distance 2..50, computed
 by dynamic programming over the DAG in topological order, without any all-pairs Python loop.
 
 The two GHN families describe some networks differently; :class:`GraphRules` names each difference
@@ -18,14 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch import fx
-from torch.utils._pytree import tree_flatten
+from torch.nn.utils import parametrize
 
 from .primitives import (
     NORM_PRIMITIVES,
@@ -148,12 +151,15 @@ class Graph:
             shortest-path distance for virtual ones.
         uncovered: parameters the graph does not describe, with the reason.
         rules: the rule set it was built with.
+        n_outputs: how many outputs of the model the graph describes; with more than one, the last
+            node is the ``concat`` sink joining them and the graph has no classifier.
     """
 
     nodes: list[Node]
     edges: np.ndarray
     uncovered: dict[str, str] = field(default_factory=dict)
     rules: GraphRules = GHN2_RULES
+    n_outputs: int = 1
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -172,8 +178,13 @@ class Graph:
 
     @property
     def classifier(self) -> tuple[int | None, int | None]:
-        """Indices of the classifier weight (node n-2) and bias (node n-1), where they are such."""
+        """Indices of the classifier weight (node n-2) and bias (node n-1), where they are such.
+
+        A graph joining several outputs at a sink has none: every head is predicted as a layer.
+        """
         n = len(self.nodes)
+        if self.n_outputs > 1:
+            return None, None
         weight = n - 2 if n >= 2 and _is_param(self.nodes[n - 2], min_dim=2) else None
         bias = n - 1 if self.nodes[-1].primitive == "bias" else None
         return weight, bias
@@ -287,11 +298,37 @@ class _Builder:
         self.node_of_param: dict[object, int] = {}
         self.covered: set[object] = set()
         self.uncovered: dict[str, str] = {}
+        # A tensor under torch.nn.utils.parametrize ("conv.weight") is computed from its originals
+        # ("conv.parametrizations.weight.original*"), which the writer sets through right_inverse.
+        self.parametrized = {
+            _join(path, tensor): originals
+            for path, module in self.modules.items()
+            if parametrize.is_parametrized(module)
+            for tensor, originals in module.parametrizations.items()
+        }
 
     def key(self, name: str) -> object:
-        """What identifies a parameter: its tensor (shared names share it), else its name."""
+        """What identifies a parameter: its tensor (shared names share it), its parametrization, else its name."""
         tensor = self.tensors.get(name)
-        return id(tensor) if tensor is not None else name
+        if tensor is not None:
+            return id(tensor)
+        originals = self.parametrized.get(name)
+        return id(originals) if originals is not None else name
+
+    def join_outputs(self, outputs: list[frozenset[int]]) -> int:
+        """Join several outputs' last nodes at one ``concat`` sink; returns how many outputs there are."""
+        ends = [o for o in outputs if o]
+        if len(ends) < 2 or len(frozenset().union(*ends)) < 2:
+            return 1  # one output (or several ending in the same nodes): no sink, the graph as it always was
+        self.add_chain([NodeSpec("concat")], frozenset().union(*ends), None, "output")
+        return len(ends)
+
+    def _cover(self, name: str) -> None:
+        """Mark a parameter covered; a parametrized tensor covers its originals (written through right_inverse)."""
+        self.covered.add(self.key(name))
+        originals = self.parametrized.get(name)
+        if originals is not None:
+            self.covered.update(id(p) for p in originals.parameters())
 
     def add_chain(self, specs: list[NodeSpec], sources: frozenset[int], module_path: str | None, label: str) -> int:
         """Add a chain of nodes fed by ``sources``; return the index of the chain's last node."""
@@ -307,16 +344,18 @@ class _Builder:
                 self.nodes.append(node)
                 if param is not None:
                     self.node_of_param[self.key(param)] = idx
-                    self.covered.add(self.key(param))
+                    self._cover(param)
                     bias = param[: -len("weight")] + "bias" if param.endswith("weight") else _join(module_path, "bias")
                     if spec.primitive in NORM_PRIMITIVES and self._is_parameter(bias):
                         node.bias = bias  # the norm bias is predicted with its weight
-                        self.covered.add(self.key(bias))
+                        self._cover(bias)
             self.edges.extend((p, idx) for p in prev if p != idx)
             prev = (idx,)
         return idx
 
     def _is_parameter(self, name: str) -> bool:
+        if name in self.parametrized:
+            return True
         try:
             self.model.get_parameter(name)
             return True
@@ -394,29 +433,69 @@ def _join(prefix: str | None, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _first_output(graph: fx.Graph) -> fx.Node:
+def _output_nodes(graph: fx.Graph, model: nn.Module) -> list[fx.Node]:
+    """The fx nodes the model returns, in order, through tuples, lists, dicts, named tuples and dataclasses.
+
+    Fields and keys named ``aux*`` (GoogLeNet's and Inception's auxiliary training logits) are left
+    out, as the reference GHNs leave them out.
+    """
     out = next(n for n in reversed(graph.nodes) if n.op == "output")
-    node = _first_node(out.args[0])
-    # A namedtuple of outputs (GoogLeNet's main and auxiliary logits): follow its first field.
-    while (
-        node is not None
-        and node.op == "call_function"
-        and isinstance(node.target, type)
-        and issubclass(node.target, tuple)
-    ):
-        node = _first_node((node.args, node.kwargs))
-    if node is not None:
-        return node
-    raise TraceError("the model's forward returns no tensor computed from its input")
+    found: list[fx.Node] = []
+
+    def walk(value: object, name: str = "") -> None:
+        if name.startswith("aux"):
+            return
+        if isinstance(value, fx.Node):
+            target = value.target
+            if (
+                value.op == "call_function"
+                and isinstance(target, type)
+                and (issubclass(target, tuple) or is_dataclass(target))
+            ):  # a named tuple or dataclass built in forward: its fields
+                fields = getattr(target, "_fields", ())
+                for i, arg in enumerate(value.args):
+                    walk(arg, fields[i] if i < len(fields) else "")
+                for key, arg in value.kwargs.items():
+                    walk(arg, key)
+            elif value not in found:
+                found.append(value)
+        elif isinstance(value, tuple) and hasattr(value, "_fields"):
+            for key, arg in zip(value._fields, value):
+                walk(arg, key)
+        elif isinstance(value, list | tuple):
+            for arg in value:
+                walk(arg)
+        elif isinstance(value, dict):
+            for key, arg in value.items():
+                walk(arg, str(key))
+
+    walk(out.args[0])
+    if not found:
+        found = _hooked_outputs(graph, model)
+    if not found:
+        raise TraceError("the model's forward returns no tensor computed from its input")
+    return found
 
 
-def _first_node(args) -> fx.Node | None:
-    leaves, _ = tree_flatten(args)
-    return next((leaf for leaf in leaves if isinstance(leaf, fx.Node)), None)
+def _hooked_outputs(graph: fx.Graph, model: nn.Module) -> list[fx.Node]:
+    """For a model that returns what forward hooks collect (timm's ``FeatureHookNet``): the hooked modules' outputs.
+
+    fx does not run hooks, so the traced forward returns nothing; each hooked module's output is
+    the last traced node inside it.
+    """
+    hooked = [path for path, m in model.named_modules() if path and m._forward_hooks]
+    last: dict[str, fx.Node] = {}
+    for node in graph.nodes:
+        scopes = node.meta.get("nn_module_stack", {})
+        for path in hooked:
+            if path in scopes or (node.op == "call_module" and node.target == path):
+                last[path] = node
+    position = {node: i for i, node in enumerate(graph.nodes)}
+    return sorted(set(last.values()), key=position.__getitem__)
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    seen, stack = {node}, [node]
+def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
+    seen, stack = set(nodes), list(nodes)
     while stack:
         for parent in stack.pop().all_input_nodes:
             if parent not in seen:
@@ -467,7 +546,8 @@ def build_graph(
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
     fx_graph = trace(model, leaf_modules)
-    needed = _ancestors(_first_output(fx_graph))
+    returned = _output_nodes(fx_graph, model)
+    needed = _ancestors(returned)
     modules = dict(model.named_modules())
     gated = rules.gated_cse and is_gated_network((n for n in fx_graph.nodes if n in needed), modules)
     builder = _Builder(model, rules, gated)
@@ -480,6 +560,7 @@ def build_graph(
 
     if not builder.nodes or builder.nodes[0].primitive != "input":
         raise TraceError(f"{type(model).__name__}: the output does not depend on the input")
+    n_outputs = builder.join_outputs([outputs[node] for node in returned])
     nodes = builder.nodes
     real = np.array(sorted(set(builder.edges)), dtype=np.int64).reshape(-1, 2)
     if gated:  # GHN-3: in gated networks only the classifier head's global pool is a node
@@ -506,9 +587,16 @@ def build_graph(
             node.shape, node.param_shape = (1, node.shape[2], side, side), node.shape
         elif tokens:
             uncovered[node.param] = "token positional embedding: GHN-2 has no decoder for (1, N, C) tensors"
-        elif rules.flat_1x1_classifier and i == len(nodes) - 2 and _is_param(node, 4) and max(node.shape[2:]) == 1:
+        elif (
+            rules.flat_1x1_classifier
+            and n_outputs == 1
+            and i == len(nodes) - 2
+            and _is_param(node, 4)
+            and max(node.shape[2:]) == 1
+        ):
             node.shape, node.param_shape = node.shape[:2], node.shape
-    return Graph(nodes, _with_virtual_edges(len(nodes), real, virtual_edge_cutoff), uncovered, rules)
+    edges = _with_virtual_edges(len(nodes), real, virtual_edge_cutoff)
+    return Graph(nodes, edges, uncovered, rules, n_outputs=n_outputs)
 
 
 def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:

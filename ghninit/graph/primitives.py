@@ -133,9 +133,51 @@ def _conv_or_linear(module: nn.Module) -> list[NodeSpec] | None:
     return _weight_and_bias(primitive, module.weight, module.bias)
 
 
+@register_module(nn.Conv3d, nn.ConvTranspose3d)
+def _conv3d(module: nn.Module) -> list[NodeSpec] | None:
+    """Inflation rule: a 3-D kernel ``(out, in, T, kh, kw)`` is described as its 2-D counterpart.
+
+    The GHN sees and predicts ``(out, in, kh, kw)``, as for a ``Conv2d`` of the same channels,
+    groups and spatial dilation; :func:`ghninit.write.tensors.inflate` then repeats the predicted
+    kernel ``T`` times along time and divides it by ``T`` (I3D). A ``(1, k, k)`` spatial kernel
+    is thus the 2-D one, and a ``(T, 1, 1)`` temporal kernel a 1x1 conv averaged over time, so
+    (2+1)-D and separable 3-D blocks need no rule of their own.
+    """
+    if module.weight is None:
+        return None
+    primitive = "conv"
+    if module.groups > 1:
+        primitive = "dil_conv" if min(module.dilation[1:]) > 1 else "sep_conv"
+    out, inp, _, kh, kw = module.weight.shape
+    nodes = [NodeSpec(primitive, "weight", (out, inp, kh, kw))]
+    if module.bias is not None:
+        nodes.append(NodeSpec("bias", "bias", tuple(module.bias.shape)))
+    return nodes
+
+
+def _spatial(value: int | Iterable[int]) -> tuple[int, int]:
+    """The (height, width) of a 3-D pooling window."""
+    return _pair(value) if isinstance(value, int) else _pair(tuple(value)[-2:])
+
+
+@register_module(nn.MaxPool3d)
+def _max_pool3d(module: nn.Module) -> list[NodeSpec]:
+    return [NodeSpec("max_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
+
+
+@register_module(nn.AvgPool3d)
+def _avg_pool3d(module: nn.Module) -> list[NodeSpec]:
+    return [NodeSpec("avg_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
+
+
+@register_module(nn.AdaptiveAvgPool3d)
+def _adaptive_avg_pool3d(module: nn.Module) -> list[NodeSpec]:
+    return [NodeSpec("glob_avg")]
+
+
 @register_module(nn.modules.batchnorm._BatchNorm)
 def _batch_norm(module: nn.Module) -> list[NodeSpec] | None:
-    # The norm bias is predicted together with the weight, so it is not a node.
+    # BatchNorm1d/2d/3d alike. The norm bias is predicted together with the weight, so it is not a node.
     if module.weight is None:
         return None
     return [NodeSpec("bn", "weight", tuple(module.weight.shape))]
@@ -184,6 +226,11 @@ try:  # torchvision's LayerNorm2d subclasses nn.LayerNorm; Swin attention uses w
         nodes.append(NodeSpec("msa"))
         return nodes + _weight_and_bias("conv", proj.weight, proj.bias, "proj.")
 
+    from torchvision.models.video import swin_transformer as _swin3d
+
+    # the video Swin's window attention (a class of its own, not a subclass): the same description
+    register_module(_swin3d.ShiftedWindowAttention3d)(_shifted_window_attention)
+
 except ImportError:  # pragma: no cover - torchvision is a dependency, but keep the core usable
     pass
 
@@ -214,7 +261,7 @@ def _mean(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     return [NodeSpec("glob_avg")] if _arg(node, 2, "keepdim", False) else None
 
 
-@register_function(F.adaptive_avg_pool2d)
+@register_function(F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 def _adaptive_avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("glob_avg")]
 
@@ -227,6 +274,16 @@ def _max_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
 @register_function(F.avg_pool2d)
 def _avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("avg_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
+
+
+@register_function(F.max_pool3d)
+def _max_pool3d_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    return [NodeSpec("max_pool", shape=(1, 1, *_spatial(_arg(node, 1, "kernel_size"))))]
+
+
+@register_function(F.avg_pool3d)
+def _avg_pool3d_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
+    return [NodeSpec("avg_pool", shape=(1, 1, *_spatial(_arg(node, 1, "kernel_size"))))]
 
 
 _HARD_MODULES = (nn.Hardsigmoid, nn.Hardswish)

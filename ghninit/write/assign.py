@@ -2,7 +2,10 @@
 
 Every tensor is checked (known parameter, exact shape, finite values) and converted to the
 parameter's device and dtype before the first write, so the writes themselves cannot fail
-halfway: either every reported parameter is written or the model is untouched.
+halfway: either every reported parameter is written or the model is untouched. A parametrized
+weight (``torch.nn.utils.parametrize``) is checked against the tensor its module computes, and
+written through :mod:`ghninit.write.parametrized`; 2-D kernels predicted for 3-D convolutions are
+inflated by :func:`inflate_blocks`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import PredictionError
-from .tensors import tiles_into, write_tiled
+from .parametrized import current_value, parametrized_tensors
+from .tensors import inflate, tiles_into, write_tiled
 
 
 def prepare(
@@ -27,17 +31,23 @@ def prepare(
     materialised from the meta device), else to their parameter's device, in its dtype.
     """
     params = dict(model.named_parameters(remove_duplicate=False))
+    owners = parametrized_tensors(model)
     ready: dict[str, torch.Tensor] = {}
     written: dict[int, str] = {}
     for name, value in blocks.items():
-        if name not in params:
+        if name in owners:  # a parametrized weight: checked against what the module computes
+            module, tensor_name = owners[name]
+            with torch.no_grad():
+                target = getattr(module, tensor_name)
+            key = id(module.parametrizations[tensor_name])
+        elif name in params:
+            target = params[name]
+            key = id(target)
+        else:
             raise PredictionError(f"predicted tensor '{name}' is not a parameter of {type(model).__name__}")
-        target = params[name]
-        if id(target) in written:
-            raise PredictionError(
-                f"'{name}' and '{written[id(target)]}' are one tied parameter and were predicted twice"
-            )
-        written[id(target)] = name
+        if key in written:
+            raise PredictionError(f"'{name}' and '{written[key]}' are one tied parameter and were predicted twice")
+        written[key] = name
         if not tiles_into(value.shape, target.shape):
             raise PredictionError(
                 f"predicted tensor for '{name}' has shape {tuple(value.shape)}, which does not tile into "
@@ -52,6 +62,30 @@ def prepare(
             )
         ready[name] = value
     return ready
+
+
+def inflate_blocks(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Inflate the 2-D kernels predicted for 3-D convolution weights (the I3D rule, :func:`ghninit.write.tensors.inflate`).
+
+    A 4-D block for a 5-D parameter ``(out, in, T, kh, kw)`` becomes ``(out', in', T, kh', kw')``;
+    every other block passes through unchanged.
+
+    Returns:
+        the blocks, and the names of the parameters whose kernels were inflated.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    owners = parametrized_tensors(model)
+    out: dict[str, torch.Tensor] = {}
+    inflated: list[str] = []
+    for name, block in blocks.items():
+        target = params.get(name)
+        if target is None and name in owners:
+            target = current_value(model, name)
+        if target is not None and block.dim() == 4 and target.dim() == 5:
+            block = inflate(block, target.shape[2])
+            inflated.append(name)
+        out[name] = block
+    return out, inflated
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .parametrized import current_value
 from .tensors import tile
 
 SCALES = ("orthogonal", "he", "predicted")
@@ -205,7 +206,9 @@ def plan(
         is_classifier = name in skip
         if (is_classifier and config.classifier_scale is None) or (not is_classifier and number < config.from_layer):
             continue
-        target = params[name]
+        if name not in params and (values is None or name not in values):
+            continue  # a parametrized weight not being predicted: not a parameter to change in place
+        target = params[name] if name in params else current_value(model, name)  # a parametrized weight
         value = values[name] if values is not None and name in values else target.detach()
         if value.shape != target.shape:
             value = tile(value, tuple(target.shape))

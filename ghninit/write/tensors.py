@@ -6,6 +6,7 @@ for norm-layer weights and ``tanh(x / 5)`` for biases. Scaling is element-wise a
 on the target shape, so it is applied to the small predicted block before tiling, and
 :func:`write_tiled` copies that block straight into a parameter without materialising the
 tiled tensor. All functions but ``write_tiled`` are differentiable, so training uses them too.
+:func:`inflate` turns a predicted 2-D kernel into a 3-D one (the I3D rule used for ``Conv3d``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ def weight_scale(shape: Sequence[int]) -> float:
     # Depthwise (in = 1) or wide-not-tall kernels are not followed by ReLU: beta = 1.
     beta = 1.0 if len(shape) > 2 and (shape[1] == 1 or shape[2] < shape[3]) else 2.0
     return math.sqrt(beta / math.prod(shape[1:]))
+
+
+def inflate(block: torch.Tensor, time: int) -> torch.Tensor:
+    """I3D inflation of a 2-D kernel ``(out, in, kh, kw)`` into a 3-D one ``(out, in, time, kh, kw)``.
+
+    The kernel is repeated ``time`` times along the new time axis and divided by ``time``, so the
+    3-D convolution of a video whose frames are all one image gives the 2-D convolution of that
+    image (Carreira & Zisserman, 2017).
+    """
+    if block.dim() != 4:
+        raise ValueError(f"inflate() expects a 2-D kernel (out, in, kh, kw), got shape {tuple(block.shape)}")
+    if time < 1:
+        raise ValueError(f"inflate() needs a time length >= 1, got {time}")
+    return block.unsqueeze(2).expand(-1, -1, time, -1, -1) / time
 
 
 def tiles_into(block_shape: Sequence[int], shape: Sequence[int]) -> bool:
