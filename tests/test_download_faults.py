@@ -417,8 +417,9 @@ def _ghn3_worker(tmp_path: Path, endpoint: str, **extra: str) -> Worker:
     return worker
 
 
-def test_ghn3_from_a_stalled_hf_endpoint_ends_within_ghninit_timeout(tmp_path):
-    """huggingface_hub alone retries a timed-out first request with a 60 s timeout, five times: minutes."""
+@pytest.mark.parametrize("source", ["ghn3-t", "test-org/ghn2-imagenet"])
+def test_a_hub_file_from_a_stalled_hf_endpoint_ends_within_ghninit_timeout(tmp_path, source):
+    """GHN-3 names and org/name repos alike: huggingface_hub alone retries a stalled first request for minutes."""
     with socket.socket() as stalled:
         stalled.bind(("127.0.0.1", 0))
         stalled.listen(64)  # the kernel accepts connections; nobody ever answers
@@ -428,12 +429,13 @@ def test_ghn3_from_a_stalled_hf_endpoint_ends_within_ghninit_timeout(tmp_path):
         )
         try:
             start = time.monotonic()
-            answer = worker.ask("load", source="ghn3-t")
+            answer = worker.ask("load", source=source)
             took = time.monotonic() - start
         finally:
             worker.close()
     assert not answer["ok"] and answer["type"] == "GHNLoadError", answer
-    for needle in ("ghn3tm8.pt", "timed out", "0.5 s (the read timeout)", "2 attempts", "HF_ENDPOINT"):
+    filename = "ghn3tm8.pt" if source == "ghn3-t" else "config.json"
+    for needle in (filename, "timed out", "0.5 s (the read timeout)", "2 attempts", "HF_ENDPOINT"):
         assert needle in answer["message"], f"{needle!r} not in:\n{answer['message']}"
     assert took < 10, f"{took:.1f} s"
 

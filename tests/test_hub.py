@@ -201,9 +201,14 @@ def test_hub_download_cache_pinned_revision_and_offline(hub):
     server.reset()
     assert _ok(online.ask("load", source="imagenet"))["digest"] == hub.digest_old
     assert sorted(server.requests) == sorted(
-        (method, f"/{REPO_IMAGENET}/resolve/{hub.old}/{name}")
-        for method in ("HEAD", "GET")
-        for name in ("config.json", "model.safetensors")
+        [
+            *(
+                (method, f"/{REPO_IMAGENET}/resolve/{hub.old}/{name}")
+                for method in ("HEAD", "GET")
+                for name in ("config.json", "model.safetensors")
+            ),
+            ("HEAD", f"/{REPO_IMAGENET}/resolve/{hub.old}/config.json"),  # ghninit's timed probe before the download
+        ]
     ), "only the pinned commit's two files are fetched"
     snapshot = hub.hf_home / "hub" / "models--test-org--ghn2-imagenet" / "snapshots" / hub.old
     assert (snapshot / "model.safetensors").is_file() and (snapshot / "config.json").is_file()

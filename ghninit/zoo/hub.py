@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     LocalEntryNotFoundError,
@@ -55,6 +55,7 @@ from ..errors import GHNLoadError, SourceUnavailable
 from ..ghn import GHN2, GHN3
 from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_store, file_sha256, is_offline
 from .cards import render_card
+from .download import probe_hub_file
 from .files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -313,6 +314,12 @@ def _download_hub(hub: HubWeights, name: str, cache_dir, force_download: bool, t
         f"(HF_ENDPOINT), cache {cache_dir or constants.HF_HUB_CACHE} (HF_HOME / HF_HUB_CACHE), "
         f"offline mode {'on' if is_offline() else 'off'} (HF_HUB_OFFLINE / {OFFLINE_ENV})"
     )
+    if not is_offline() and (force_download or not _cached_on_hub(repo_id, revision, cache_dir)):
+        # hf_hub_download alone retries a stalled first request for minutes: ask once with ghninit's timeout
+        try:
+            probe_hub_file(hf_hub_url(repo_id, CONFIG_NAME, revision=revision), token=token)
+        except SourceUnavailable as err:
+            raise (SourceUnavailable if more else GHNLoadError)(f"Hub repo '{repo_id}' ({name}): {err}; {tried}") from err
     paths = {}
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
@@ -339,6 +346,14 @@ def _download_hub(hub: HubWeights, name: str, cache_dir, force_download: bool, t
         )
     _verify_cached(paths[WEIGHTS_NAME], hub.sha256, f"'{repo_id}' (commit {folder.name})")
     return folder
+
+
+def _cached_on_hub(repo_id: str, revision: str, cache_dir) -> bool:
+    """Whether huggingface_hub's cache already holds both files of the repo at ``revision``."""
+    return all(
+        isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str)
+        for filename in (CONFIG_NAME, WEIGHTS_NAME)
+    )
 
 
 def _explain(err: Exception, source: str, repo_id: str, revision: str, filename: str, tried: str) -> tuple[str, bool]:
