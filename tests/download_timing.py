@@ -134,5 +134,9 @@ def killed() -> dict:
 
 
 if __name__ == "__main__":
-    case = sys.argv[1]
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=["stall-official", "stall-ghn3", "stall-hub-repo", "killed"])
+    case = parser.parse_args().case
     print(json.dumps(killed() if case == "killed" else stall(case)), flush=True)

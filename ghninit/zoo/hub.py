@@ -319,7 +319,8 @@ def _download_hub(hub: HubWeights, name: str, cache_dir, force_download: bool, t
         try:
             probe_hub_file(hf_hub_url(repo_id, CONFIG_NAME, revision=revision), token=token)
         except SourceUnavailable as err:
-            raise (SourceUnavailable if more else GHNLoadError)(f"Hub repo '{repo_id}' ({name}): {err}; {tried}") from err
+            asked = f"Hub repo '{repo_id}'" + ("" if name == repo_id else f" (for '{name}')")
+            raise (SourceUnavailable if more else GHNLoadError)(f"{asked}: {err} ({tried})") from err
     paths = {}
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
