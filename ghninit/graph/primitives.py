@@ -156,23 +156,8 @@ def _conv3d(module: nn.Module) -> list[NodeSpec] | None:
 
 
 def _spatial(value: int | Iterable[int]) -> tuple[int, int]:
-    """The (height, width) of a 3-D pooling window."""
+    """The (height, width) of a 2-D or 3-D pooling window (a 3-D one's last two sizes)."""
     return _pair(value) if isinstance(value, int) else _pair(tuple(value)[-2:])
-
-
-@register_module(nn.MaxPool3d)
-def _max_pool3d(module: nn.Module) -> list[NodeSpec]:
-    return [NodeSpec("max_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
-
-
-@register_module(nn.AvgPool3d)
-def _avg_pool3d(module: nn.Module) -> list[NodeSpec]:
-    return [NodeSpec("avg_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
-
-
-@register_module(nn.AdaptiveAvgPool3d)
-def _adaptive_avg_pool3d(module: nn.Module) -> list[NodeSpec]:
-    return [NodeSpec("glob_avg")]
 
 
 @register_module(nn.modules.batchnorm._BatchNorm)
@@ -190,17 +175,18 @@ def _layer_norm(module: nn.Module) -> list[NodeSpec] | None:
     return [NodeSpec("ln", "weight", tuple(module.weight.shape))]
 
 
-@register_module(nn.MaxPool2d)
+# 3-D pools (video models) are described by their spatial window, as 2-D ones
+@register_module(nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool(module: nn.Module) -> list[NodeSpec]:
-    return [NodeSpec("max_pool", shape=(1, 1, *_pair(module.kernel_size)))]
+    return [NodeSpec("max_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
 
 
-@register_module(nn.AvgPool2d)
+@register_module(nn.AvgPool2d, nn.AvgPool3d)
 def _avg_pool(module: nn.Module) -> list[NodeSpec]:
-    return [NodeSpec("avg_pool", shape=(1, 1, *_pair(module.kernel_size)))]
+    return [NodeSpec("avg_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
 
 
-@register_module(nn.AdaptiveAvgPool2d)
+@register_module(nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 def _adaptive_avg_pool(module: nn.Module) -> list[NodeSpec]:
     return [NodeSpec("glob_avg")]
 
