@@ -28,6 +28,7 @@ def initialize(
     leaf_modules: Iterable[type] = (),
     postprocess: bool | str | Orthogonalize | None = None,
     device: str | torch.device | None = None,
+    example_inputs: object = None,
 ) -> Report:
     """Initialise ``model`` in place with parameters predicted by GHN-2.
 
@@ -52,6 +53,10 @@ def initialize(
         device: only for a model built on the ``meta`` device: allocate it there (``"cpu"``,
             ``"cuda"``), write the predicted tensors, and initialise the rest with the modules' own
             ``reset_parameters``; the report says how each parameter was filled.
+        example_inputs: trace the model by running it on these (a tuple of ``forward``'s positional
+            arguments, a dict of its keyword arguments, or one tensor; on the model's device, which
+            may be ``meta``) instead of symbolically. Without it, a model torch.fx cannot trace
+            symbolically is run on an inferred example input (see ``docs/tracing.md``).
 
     Returns:
         a :class:`Report`; ``print(report)`` summarises it.
@@ -74,7 +79,11 @@ def initialize(
     post = resolve_postprocess(postprocess)
     ghn, source = _resolve_ghn(ghn, dataset)
     graph = build_graph(
-        module, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES)
+        module,
+        leaf_modules,
+        virtual_edge_cutoff=50 if ghn.ve else 1,
+        rules=getattr(ghn, "graph_rules", GHN2_RULES),
+        example_inputs=example_inputs,
     )
     t_graph = time.perf_counter()
     if keep_classifier is None:
@@ -130,6 +139,7 @@ def initialize(
         shared={n: [a for a in names[n][1] if a != n] for n in ready if len(names[n][1]) > 1},
         wrappers=wrappers,
         materialized_on=str(materialize_on) if materialize_on else None,
+        tracing=graph.tracing,
     )
 
 

@@ -26,6 +26,7 @@ class Report:
         wrappers: wrappers that were looked through (``OptimizedModule``, ``DataParallel``...),
             outermost first; parameter names are those of the module inside.
         materialized_on: the device a meta-device model was allocated on, or ``None``.
+        tracing: how the model's graph was traced: ``"symbolic"`` or ``"example input"``.
     """
 
     model: str
@@ -42,6 +43,7 @@ class Report:
     shared: dict[str, list[str]] = field(default_factory=dict)
     wrappers: list[str] = field(default_factory=list)
     materialized_on: str | None = None
+    tracing: str = "symbolic"
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -58,6 +60,8 @@ class Report:
             f"{self.n_params_total:,} parameters ({100 * self.fraction_predicted:.1f}%), graph of {self.n_nodes} nodes",
             f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
         ]
+        if self.tracing != "symbolic":
+            lines.append("  graph traced by running the model on an example input")
         if self.postprocess:
             lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
         if self.wrappers:

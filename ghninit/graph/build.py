@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch import fx
 from torch.utils._pytree import tree_flatten
 
+from .concrete import SYMBOLIC, trace_model
 from .primitives import (
     NORM_PRIMITIVES,
     PRIMITIVE_INDEX,
@@ -43,7 +44,7 @@ from .primitives import (
     softmax_rule,
     without_unweighted_attention,
 )
-from .trace import TraceError, trace
+from .trace import TraceError
 
 VIRTUAL_EDGE_CUTOFF = 50
 _HEAD_PREFIXES = ("classifier", "fc", "head")
@@ -148,12 +149,14 @@ class Graph:
             shortest-path distance for virtual ones.
         uncovered: parameters the graph does not describe, with the reason.
         rules: the rule set it was built with.
+        tracing: how the fx graph was obtained: ``"symbolic"`` or ``"example input"``.
     """
 
     nodes: list[Node]
     edges: np.ndarray
     uncovered: dict[str, str] = field(default_factory=dict)
     rules: GraphRules = GHN2_RULES
+    tracing: str = SYMBOLIC
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -442,19 +445,23 @@ def build_graph(
     leaf_modules: Iterable[type] = (),
     virtual_edge_cutoff: int = VIRTUAL_EDGE_CUTOFF,
     rules: GraphRules = GHN2_RULES,
+    example_inputs: object = None,
 ) -> Graph:
-    """Build the GHN graph of ``model`` (no example input needed).
+    """Build the GHN graph of ``model``.
 
     Args:
-        model: any ``nn.Module`` that torch.fx can trace, given ``leaf_modules``.
+        model: any ``nn.Module``; traced symbolically, or with an example input where that fails
+            (see :func:`ghninit.graph.concrete.trace_model`).
         leaf_modules: extra module types to keep as leaves.
         virtual_edge_cutoff: longest shortest-path turned into a virtual edge (1 disables them).
         rules: :data:`GHN2_RULES` (default) or :data:`GHN3_RULES`.
+        example_inputs: trace by running the model on these (a tuple of positional arguments, a
+            dict of keyword arguments, or one tensor) instead of symbolically.
 
     Returns:
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
-    fx_graph = trace(model, leaf_modules)
+    fx_graph, tracing = trace_model(model, leaf_modules, example_inputs)
     needed = _ancestors(_first_output(fx_graph))
     modules = dict(model.named_modules())
     gated = rules.gated_cse and is_gated_network((n for n in fx_graph.nodes if n in needed), modules)
@@ -496,7 +503,7 @@ def build_graph(
             uncovered[node.param] = "token positional embedding: GHN-2 has no decoder for (1, N, C) tensors"
         elif rules.flat_1x1_classifier and i == len(nodes) - 2 and _is_param(node, 4) and max(node.shape[2:]) == 1:
             node.shape, node.param_shape = node.shape[:2], node.shape
-    return Graph(nodes, _with_virtual_edges(len(nodes), real, virtual_edge_cutoff), uncovered, rules)
+    return Graph(nodes, _with_virtual_edges(len(nodes), real, virtual_edge_cutoff), uncovered, rules, tracing)
 
 
 def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:

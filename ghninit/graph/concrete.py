@@ -1,0 +1,300 @@
+"""Tracing with an example input: the same fx graph as symbolic tracing, for models fx alone cannot follow.
+
+:class:`ConcreteTracer` is :class:`~ghninit.graph.trace.LeafTracer` whose proxies also carry the
+value the op returns on the example input: every recorded op (and every leaf module) is run on
+those values as it is recorded. Where symbolic tracing stops (``bool()`` of a traced value, ``len``,
+iteration, ``int()``, ``isinstance(x, torch.Tensor)``) the tracer answers with the value instead and
+records nothing, so the control flow that depends on values (detectors' box selection, shape
+checks on the input) follows the example. Everything symbolic tracing records is recorded the same
+way, by the same leaf decisions, so for a model both can trace the fx graph, and so the GHN graph,
+is the same. Values may live on the ``meta`` device (no memory); ops that need real numbers then fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import operator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import fx
+
+from ..errors import TraceError
+from .example_inputs import infer_example_inputs, small_detection_inputs
+from .trace import LeafTracer, _default_arguments, trace
+
+_NO_VALUE = object()
+
+
+def _value(a: Any) -> Any:
+    """``a`` with every traced proxy inside (tuples, lists, dicts, slices) replaced by its value."""
+    if isinstance(a, fx.Proxy):
+        return _proxy_value(a)
+    if isinstance(a, tuple):
+        items = [_value(x) for x in a]
+        return type(a)(*items) if hasattr(a, "_fields") else tuple(items)
+    if isinstance(a, list):
+        return [_value(x) for x in a]
+    if isinstance(a, dict):
+        return (
+            type(a)({k: _value(v) for k, v in a.items()})
+            if type(a) is not dict
+            else {k: _value(v) for k, v in a.items()}
+        )
+    if isinstance(a, slice):
+        return slice(_value(a.start), _value(a.stop), _value(a.step))
+    return a
+
+
+def _proxy_value(p: fx.Proxy) -> Any:
+    value = p.__dict__.get("value", _NO_VALUE)
+    if value is _NO_VALUE:
+        raise RuntimeError(f"ghninit: no example value recorded for {p!r}")
+    return value
+
+
+class ConcreteProxy(fx.Proxy):
+    """An fx proxy that also holds the value its op returned on the example input."""
+
+    @property  # isinstance(x, torch.Tensor), isinstance(x, list)... answer for the value
+    def __class__(self):  # type: ignore[override]
+        value = self.__dict__.get("value", _NO_VALUE)
+        return ConcreteProxy if value is _NO_VALUE or value is None else type(value)
+
+    def __getattr__(self, k: str) -> ConcreteAttribute:
+        if k.startswith("__") and k.endswith("__"):
+            raise AttributeError(k)
+        return ConcreteAttribute(self, k)
+
+    def __bool__(self) -> bool:
+        return bool(_proxy_value(self))
+
+    def __len__(self) -> int:
+        return len(_proxy_value(self))
+
+    def __int__(self) -> int:
+        return int(_proxy_value(self))
+
+    def __index__(self) -> int:
+        return _proxy_value(self).__index__()
+
+    def __float__(self) -> float:
+        return float(_proxy_value(self))
+
+    def __contains__(self, item: object) -> bool:
+        return _value(item) in _proxy_value(self)
+
+    def __setitem__(self, key: Any, item: Any) -> None:  # in place, as on the value
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, item), {})
+
+    def __iter__(self) -> Iterator[fx.Proxy]:
+        value = _proxy_value(self)
+        if isinstance(value, Mapping):
+            return iter(list(value.keys()))
+        return (self[i] for i in range(len(value)))
+
+    def keys(self):  # ``**x`` and ``x.keys()`` on a traced mapping
+        value = _proxy_value(self)
+        if isinstance(value, Mapping):
+            return value.keys()
+        return super().keys()
+
+
+class ConcreteAttribute(ConcreteProxy, fx.proxy.Attribute):
+    """``x.attr`` of a traced value: a node only when used as a value, a method call otherwise."""
+
+    def __init__(self, root: ConcreteProxy, attr: str):
+        fx.proxy.Attribute.__init__(self, root, attr)
+        self.value = getattr(_proxy_value(root), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_method", self.attr, (self.root, *args), kwargs)
+
+
+class ConcreteTracer(LeafTracer):
+    """A :class:`LeafTracer` that runs every recorded op on example values as it records it."""
+
+    def __init__(self, leaf_modules: Iterable[type] = (), inputs: Mapping[str, Any] | None = None):
+        super().__init__(leaf_modules)
+        self.inputs = dict(inputs or {})
+        self._running_leaf = 0  # > 0 while a leaf module runs on plain values
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return ConcreteProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        value = self._run(kind, target, args, kwargs)
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        proxy.__dict__["value"] = value
+        return proxy
+
+    def _run(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
+        if kind == "placeholder":
+            if target in self.inputs:
+                return self.inputs[target]
+            if target.startswith("**"):
+                return {}
+            if target.startswith("*"):
+                return ()
+            return args[0] if args else None  # a parameter fixed to its default
+        if kind == "get_attr":
+            obj: Any = self.root
+            self._running_leaf += 1  # plain attribute reads (nn.Module.__getattr__ is patched)
+            try:
+                for part in target.split("."):
+                    obj = getattr(obj, part)
+            finally:
+                self._running_leaf -= 1
+            return obj
+        a, kw = _value(args), _value(kwargs)
+        if kind == "call_function":
+            return target(*a, **kw)
+        if kind == "call_method":
+            return getattr(a[0], target)(*a[1:], **kw)
+        if kind == "call_module":
+            module = self.root.get_submodule(target)
+            self._running_leaf += 1
+            try:
+                return module(*a, **kw)
+            finally:
+                self._running_leaf -= 1
+        raise RuntimeError(f"ghninit: unexpected fx node kind {kind!r}")  # pragma: no cover
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._running_leaf:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._running_leaf:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_arg(self, a: Any):
+        if type(a) in (ConcreteProxy, ConcreteAttribute):  # before fx's isinstance checks, which see the value
+            return a.node
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:
+            # An object fx does not know (an ImageList, a dataclass of outputs): its fields.
+            if dataclasses.is_dataclass(a) and not isinstance(a, type):
+                return super().create_arg({f.name: getattr(a, f.name) for f in dataclasses.fields(a)})
+            if hasattr(a, "__dict__"):
+                return super().create_arg(dict(vars(a)))
+            raise
+
+
+def normalize_inputs(model: nn.Module, example_inputs: Any) -> dict[str, Any]:
+    """Map ``example_inputs`` to the names of ``model.forward``'s parameters.
+
+    ``example_inputs`` is a tuple of positional arguments, a dict of keyword arguments, or a single
+    argument (a tensor, or a list of images for a torchvision detector).
+    """
+    params = list(inspect.signature(model.forward).parameters.values())
+    if isinstance(example_inputs, Mapping):
+        names = {p.name for p in params}
+        unknown = [k for k in example_inputs if k not in names]
+        if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
+            raise TypeError(
+                f"example_inputs names {unknown}, which {type(model).__name__}.forward does not take "
+                f"(its arguments: {[p.name for p in params]})"
+            )
+        return dict(example_inputs)
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(args) > len(positional):
+        raise TypeError(
+            f"example_inputs has {len(args)} positional values but {type(model).__name__}.forward "
+            f"takes {len(positional)} ({[p.name for p in positional]})"
+        )
+    return {p.name: a for p, a in zip(positional, args)}
+
+
+def trace_with_inputs(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = ()) -> fx.Graph:
+    """The fx graph of ``model`` recorded while it runs on ``example_inputs`` (under ``no_grad``).
+
+    Forward arguments not given keep their defaults, fixed as in symbolic tracing.
+    """
+    inputs = normalize_inputs(model, example_inputs)
+    fixed = {k: v for k, v in (_default_arguments(model) or {}).items() if k not in inputs}
+    tracer = ConcreteTracer(leaf_modules, inputs)
+    with torch.no_grad():
+        return tracer.trace(model, concrete_args=fixed or None)
+
+
+SYMBOLIC = "symbolic"
+EXAMPLE_INPUT = "example input"
+
+
+def trace_model(
+    model: nn.Module, leaf_modules: Iterable[type] = (), example_inputs: Any = None
+) -> tuple[fx.Graph, str]:
+    """The fx graph of ``model`` and how it was obtained (:data:`SYMBOLIC` or :data:`EXAMPLE_INPUT`).
+
+    Without ``example_inputs``, symbolic tracing first; when it fails, tracing with an inferred
+    example input (:func:`~ghninit.graph.example_inputs.infer_example_inputs`). With
+    ``example_inputs``, tracing with them. The example run happens in the model's mode, then in
+    eval mode if that fails (a detector in training mode wants targets); the model's modes,
+    buffers (BatchNorm statistics) and the random number generators are left as they were.
+
+    Raises:
+        TraceError: when neither way works, with both reasons and how to fix it.
+    """
+    leaf_modules = tuple(leaf_modules)
+    symbolic_error: TraceError | None = None
+    inferred = example_inputs is None
+    if inferred:
+        attributes = [(m, dict(vars(m))) for m in model.modules()]
+        try:
+            return trace(model, leaf_modules), SYMBOLIC
+        except TraceError as err:
+            symbolic_error = err
+            _restore_attributes(attributes)  # a failed trace may have cached proxies on modules
+        try:
+            example_inputs = infer_example_inputs(model)
+        except TraceError as err:
+            raise TraceError(f"{symbolic_error}\nTracing with an example input instead: {err}") from symbolic_error
+    context = small_detection_inputs(model) if inferred else contextlib.nullcontext()
+    errors = []
+    with context:
+        for eval_mode in (False, True) if model.training else (True,):
+            with _state_kept(model):
+                if eval_mode:
+                    model.eval()
+                try:
+                    return trace_with_inputs(model, example_inputs, leaf_modules), EXAMPLE_INPUT
+                except Exception as err:  # any failure of the model's own code on the example
+                    errors.append(f"{'eval' if eval_mode else 'training'} mode: {type(err).__name__}: {err}")
+    reasons = "\n  ".join(errors)
+    before = f"{symbolic_error}\n" if symbolic_error else ""
+    raise TraceError(
+        f"{before}Tracing {type(model).__name__} with an example input failed too:\n  {reasons}\n"
+        "Fix: pass example_inputs= that the model's forward accepts (a tuple of positional arguments, "
+        "a dict of keyword arguments or one tensor), or keep the failing module as a leaf with leaf_modules=."
+    )
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    """Restore what an example run may change: modes, buffers, attributes a forward sets, the CPU RNG."""
+    attributes = [(m, dict(vars(m))) for m in model.modules()]
+    buffers = [(b, b.clone()) for b in model.buffers() if b.device.type != "meta"]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            _restore_attributes(attributes)  # e.g. anchors cached as traced values
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+
+
+def _restore_attributes(attributes: list[tuple[nn.Module, dict]]) -> None:
+    for m, saved in attributes:
+        for k in [k for k in vars(m) if k not in saved]:
+            delattr(m, k)
+        vars(m).update(saved)
