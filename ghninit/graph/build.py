@@ -150,6 +150,9 @@ class Graph:
         uncovered: parameters the graph does not describe, with the reason.
         rules: the rule set it was built with.
         tracing: how the fx graph was obtained: ``"symbolic"`` or ``"example input"``.
+        output_classes: GHN-3, when the model's output layer is a bias-free ``nn.Linear`` (a weight
+            source node, so not in the classifier's place): its number of outputs, which decides
+            whether the classifier's place is predicted; else ``None`` (the classifier's own).
     """
 
     nodes: list[Node]
@@ -157,6 +160,7 @@ class Graph:
     uncovered: dict[str, str] = field(default_factory=dict)
     rules: GraphRules = GHN2_RULES
     tracing: str = SYMBOLIC
+    output_classes: int | None = None
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -462,7 +466,8 @@ def build_graph(
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
     fx_graph, tracing = trace_model(model, leaf_modules, example_inputs)
-    needed = _ancestors(_first_output(fx_graph))
+    output = _first_output(fx_graph)
+    needed = _ancestors(output)
     modules = dict(model.named_modules())
     gated = rules.gated_cse and is_gated_network((n for n in fx_graph.nodes if n in needed), modules)
     builder = _Builder(model, rules, gated)
@@ -503,7 +508,13 @@ def build_graph(
             uncovered[node.param] = "token positional embedding: GHN-2 has no decoder for (1, N, C) tensors"
         elif rules.flat_1x1_classifier and i == len(nodes) - 2 and _is_param(node, 4) and max(node.shape[2:]) == 1:
             node.shape, node.param_shape = node.shape[:2], node.shape
-    return Graph(nodes, _with_virtual_edges(len(nodes), real, virtual_edge_cutoff), uncovered, rules, tracing)
+    output_classes = None
+    if rules.detached_unbiased_linear and output.op == "call_module":
+        head = modules[output.target]
+        if is_detached_linear(head, output.target, modules):
+            output_classes = head.out_features
+    edges = _with_virtual_edges(len(nodes), real, virtual_edge_cutoff)
+    return Graph(nodes, edges, uncovered, rules, tracing, output_classes)
 
 
 def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
