@@ -135,9 +135,10 @@ class ConcreteTracer(LeafTracer):
     def _run(self, kind: str, target: Any, args: tuple, kwargs: dict) -> Any:
         if kind == "placeholder":
             if target in self.inputs:
-                return self.inputs[target]
-            if target.startswith("**"):
-                return {}
+                return self.inputs.pop(target)
+            if target.startswith("**"):  # a decorator's (*args, **kwargs): the inputs not taken yet
+                taken, self.inputs = self.inputs, {}
+                return taken
             if target.startswith("*"):
                 return ()
             return args[0] if args else None  # a parameter fixed to its default
@@ -222,8 +223,79 @@ def trace_with_inputs(model: nn.Module, example_inputs: Any, leaf_modules: Itera
     inputs = normalize_inputs(model, example_inputs)
     fixed = {k: v for k, v in (_default_arguments(model) or {}).items() if k not in inputs}
     tracer = ConcreteTracer(leaf_modules, inputs)
-    with torch.no_grad():
+    with torch.no_grad(), _recorded_constructors(), _plain_forward(model):
         return tracer.trace(model, concrete_args=fixed or None)
+
+
+@contextlib.contextmanager
+def _plain_forward(model: nn.Module) -> Iterator[None]:
+    """A ``forward`` behind a ``(self, *args, **kwargs)`` decorator (Hugging Face's ``can_return_tuple``)
+    is called through a function with the named parameters of the decorated one: fx reads those
+    names but would call the decorator with them as positional arguments."""
+    cls = type(model)
+    forward = cls.__dict__.get("forward") or cls.forward
+    code = getattr(forward, "__code__", None)
+    if (
+        not hasattr(forward, "__wrapped__")
+        or code is None
+        or not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
+    ):
+        yield
+        return
+    params = list(inspect.signature(inspect.unwrap(forward)).parameters.values())[1:]
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    source = (
+        f"def forward(self, {', '.join(names)}):\n    return decorated(self, {', '.join(f'{n}={n}' for n in names)})\n"
+    )
+    scope: dict[str, Any] = {"decorated": forward}
+    exec(compile(source, f"<ghninit forward of {cls.__name__}>", "exec"), scope)  # noqa: S102 - names from a signature
+    had_own = "forward" in cls.__dict__
+    cls.forward = scope["forward"]
+    try:
+        yield
+    finally:
+        if had_own:
+            cls.forward = forward
+        else:
+            del cls.forward
+
+
+_CONSTRUCTORS = ("tensor", "as_tensor", "scalar_tensor")  # read their data argument as a sequence first
+
+
+@contextlib.contextmanager
+def _recorded_constructors() -> Iterator[None]:
+    """``torch.tensor(x.shape[1])`` and the like are recorded (on the value) instead of failing on a proxy."""
+
+    def wrap(fn):
+        def wrapper(*args, **kwargs):
+            proxy = next((a for a in _flat(args, kwargs) if isinstance(a, ConcreteProxy)), None)
+            if proxy is None:
+                return fn(*args, **kwargs)
+            return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
+
+        return wrapper
+
+    saved = {name: getattr(torch, name) for name in _CONSTRUCTORS}
+    try:
+        for name, fn in saved.items():
+            setattr(torch, name, wrap(fn))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch, name, fn)
+
+
+def _flat(args: tuple, kwargs: dict) -> list:
+    out: list = []
+    stack = [*args, *kwargs.values()]
+    while stack:
+        a = stack.pop()
+        if isinstance(a, fx.Proxy):
+            out.append(a)
+        elif type(a) in (list, tuple, dict):
+            stack.extend(a.values() if isinstance(a, dict) else a)
+    return out
 
 
 SYMBOLIC = "symbolic"
@@ -258,6 +330,7 @@ def trace_model(
             example_inputs = infer_example_inputs(model)
         except TraceError as err:
             raise TraceError(f"{symbolic_error}\nTracing with an example input instead: {err}") from symbolic_error
+    normalize_inputs(model, example_inputs)  # wrong names or counts: a TypeError now, not after two runs
     context = small_detection_inputs(model) if inferred else contextlib.nullcontext()
     errors = []
     with context:
