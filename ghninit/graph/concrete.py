@@ -34,6 +34,8 @@ def _value(a: Any) -> Any:
     """``a`` with every traced proxy inside (tuples, lists, dicts, slices) replaced by its value."""
     if isinstance(a, fx.Proxy):
         return _proxy_value(a)
+    if isinstance(a, _Traced):
+        return a.plain()
     if isinstance(a, tuple):
         items = [_value(x) for x in a]
         return type(a)(*items) if hasattr(a, "_fields") else tuple(items)
@@ -115,6 +117,57 @@ class ConcreteAttribute(ConcreteProxy, fx.proxy.Attribute):
         return self.tracer.create_proxy("call_method", self.attr, (self.root, *args), kwargs)
 
 
+class _Traced:
+    """Mixin of :class:`TracedInt` and :class:`TracedFloat`: the fx node a number came from."""
+
+    node: fx.Node
+    tracer: ConcreteTracer
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.node.name}={self.plain()!r})"
+
+    def plain(self) -> int | float:
+        return type(self).__mro__[2](self)
+
+    def __reduce__(self):  # copies are plain numbers
+        return (type(self).__mro__[2], (self.plain(),))
+
+
+class TracedInt(_Traced, int):
+    """A number read from a traced value (``x.shape[0]``, ``x.size(1) // p``): a real ``int`` to PyTorch
+    and Python (``t.expand(n, -1)``, ``torch.stack(..., dim=x.dim())``, ``range(n)``), and an fx node
+    to the ops it feeds: arithmetic on it is recorded as fx records it, so shape edges are kept."""
+
+
+class TracedFloat(_Traced, float):
+    """As :class:`TracedInt`, for a ``float``."""
+
+
+_TRACED_TYPES = {int: TracedInt, float: TracedFloat}
+
+
+def _traced_op(name: str, reflected: bool = False):
+    target = getattr(operator, name)
+
+    def op(self, *other):
+        if other and not isinstance(other[0], int | float | fx.Proxy):
+            return NotImplemented
+        args = (other[0], self) if reflected else (self, *other)
+        return self.tracer.create_proxy("call_function", target, args, {})
+
+    return op
+
+
+for _cls in (TracedInt, TracedFloat):
+    for _name in ("add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "lshift", "rshift", "and_", "or_", "xor"):
+        if hasattr(_cls.__mro__[2], f"__{_name.strip('_')}__"):
+            setattr(_cls, f"__{_name.strip('_')}__", _traced_op(_name))
+            setattr(_cls, f"__r{_name.strip('_')}__", _traced_op(_name, reflected=True))
+    for _name in ("neg", "pos", "abs", "invert"):
+        if hasattr(_cls.__mro__[2], f"__{_name}__"):
+            setattr(_cls, f"__{_name}__", _traced_op(_name))
+
+
 class ConcreteTracer(LeafTracer):
     """A :class:`LeafTracer` that runs every recorded op on example values as it records it."""
 
@@ -129,6 +182,10 @@ class ConcreteTracer(LeafTracer):
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         value = self._run(kind, target, args, kwargs)
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if type(value) in _TRACED_TYPES and kind != "placeholder":
+            number = _TRACED_TYPES[type(value)](value)
+            number.node, number.tracer = proxy.node, self
+            return number
         proxy.__dict__["value"] = value
         return proxy
 
@@ -176,7 +233,7 @@ class ConcreteTracer(LeafTracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_arg(self, a: Any):
-        if type(a) in (ConcreteProxy, ConcreteAttribute):  # before fx's isinstance checks, which see the value
+        if type(a) in (ConcreteProxy, ConcreteAttribute, TracedInt, TracedFloat):  # before fx's isinstance checks, which see the value
             return a.node
         try:
             return super().create_arg(a)
@@ -260,12 +317,16 @@ def _plain_forward(model: nn.Module) -> Iterator[None]:
             del cls.forward
 
 
-_CONSTRUCTORS = ("tensor", "as_tensor", "scalar_tensor")  # read their data argument as a sequence first
+# Factories whose argument parser reads a traced value as a sequence (it has __len__), not as its value.
+_CONSTRUCTORS = (
+    "tensor", "as_tensor", "scalar_tensor", "ones", "zeros", "empty", "full", "rand", "randn", "randint", "arange",
+    "linspace", "eye",
+)  # fmt: skip
 
 
 @contextlib.contextmanager
 def _recorded_constructors() -> Iterator[None]:
-    """``torch.tensor(x.shape[1])`` and the like are recorded (on the value) instead of failing on a proxy."""
+    """``torch.tensor(x.shape[1])``, ``torch.ones(B, N)`` and the like are recorded (run on the values)."""
 
     def wrap(fn):
         def wrapper(*args, **kwargs):
