@@ -226,7 +226,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    archs = [args.detector] if args.detector else available_archs(args.archs, PAPER_ARCHS, cifar=False)
+    # a detector's runs are labelled by its torchvision name (file names carry no ':')
+    archs = (
+        [args.detector.partition(":")[2]] if args.detector else available_archs(args.archs, PAPER_ARCHS, cifar=False)
+    )
     if args.detector:
         torchvision_detector(args.detector, args.max_size or None, args.rois_per_image)  # fails early if unknown
     ghn, ghn_info = resolve_ghn(args.ghn) if any(i.startswith("ghn") for i in args.init) else (None, None)
@@ -270,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         start = time.time()
         torch.manual_seed(seed)
         if args.detector:  # the whole torchvision detector: He, then what the GHN predicts
-            model = torchvision_detector(arch, args.max_size or None, args.rois_per_image)
+            model = torchvision_detector(args.detector, args.max_size or None, args.rois_per_image)
             report = initialise(model, init, ghn, args.postprocess)
             result = finetune_run(model, seed, f"{arch} {init} s{seed}")
             return {**result, "ghn_report": report_summary(report), "seconds": time.time() - start}

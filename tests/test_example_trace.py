@@ -146,7 +146,7 @@ def test_transformers_vit_is_initialised_through_the_example_input_path():
     assert report.fraction_predicted > 0.5
     assert report.classifier_predicted  # 10 classes, as the CIFAR-10 GHN
     assert "classifier.weight" in report.predicted
-    assert any(".attention." in name and name.endswith("proj.weight") for name in report.predicted)
+    assert any(".attention." in name and name.endswith(".weight") for name in report.predicted)
     with torch.no_grad():
         logits = model(pixel_values=torch.rand(2, 3, 32, 32)).logits
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
@@ -227,3 +227,20 @@ def test_ghn3_predicts_the_hidden_head_layer_when_the_output_layer_matches_its_c
     assert graph.output_classes == 1000 and ghn3.classifier_matches(graph)
     assert not ghn3.classifier_matches(build_graph(_TanhHead(10), rules=GHN3_RULES))
     assert build_graph(_TanhHead(1000), rules=GHN2_RULES).output_classes is None
+
+
+def test_pennfudan_takes_a_torchvision_detector():
+    import sys
+
+    from conftest import REPO_DIR
+
+    sys.path.insert(0, str(REPO_DIR / "benchmarks"))
+    import finetune_pennfudan
+
+    model = finetune_pennfudan.torchvision_detector("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", 320, 64)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+    assert model.transform.max_size == 320 and model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+    with pytest.raises(SystemExit, match="torchvision:NAME"):
+        finetune_pennfudan.torchvision_detector("torchvision:resnet50", None, 512)
+    args = finetune_pennfudan.parse_args(["--detector", "torchvision:ssdlite320_mobilenet_v3_large", "--quick"])
+    assert args.detector == "torchvision:ssdlite320_mobilenet_v3_large"
