@@ -233,7 +233,12 @@ class ConcreteTracer(LeafTracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_arg(self, a: Any):
-        if type(a) in (ConcreteProxy, ConcreteAttribute, TracedInt, TracedFloat):  # before fx's isinstance checks, which see the value
+        if type(a) in (
+            ConcreteProxy,
+            ConcreteAttribute,
+            TracedInt,
+            TracedFloat,
+        ):  # before fx's isinstance checks, which see the value
             return a.node
         try:
             return super().create_arg(a)
@@ -300,11 +305,11 @@ def _plain_forward(model: nn.Module) -> Iterator[None]:
         yield
         return
     params = list(inspect.signature(inspect.unwrap(forward)).parameters.values())[1:]
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    source = (
-        f"def forward(self, {', '.join(names)}):\n    return decorated(self, {', '.join(f'{n}={n}' for n in names)})\n"
-    )
-    scope: dict[str, Any] = {"decorated": forward}
+    kept = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    header = ", ".join(p.name if p.default is p.empty else f"{p.name}=defaults[{p.name!r}]" for p in kept)
+    call = ", ".join(f"{p.name}={p.name}" for p in kept)
+    source = f"def forward(self, {header}):\n    return decorated(self, {call})\n"
+    scope: dict[str, Any] = {"decorated": forward, "defaults": {p.name: p.default for p in kept}}
     exec(compile(source, f"<ghninit forward of {cls.__name__}>", "exec"), scope)  # noqa: S102 - names from a signature
     had_own = "forward" in cls.__dict__
     cls.forward = scope["forward"]
@@ -381,7 +386,7 @@ def trace_model(
     symbolic_error: TraceError | None = None
     inferred = example_inputs is None
     if inferred:
-        attributes = [(m, dict(vars(m))) for m in model.modules()]
+        attributes = _attributes(model)
         try:
             return trace(model, leaf_modules), SYMBOLIC
         except TraceError as err:
@@ -415,7 +420,7 @@ def trace_model(
 @contextlib.contextmanager
 def _state_kept(model: nn.Module) -> Iterator[None]:
     """Restore what an example run may change: modes, buffers, attributes a forward sets, the CPU RNG."""
-    attributes = [(m, dict(vars(m))) for m in model.modules()]
+    attributes = _attributes(model)
     buffers = [(b, b.clone()) for b in model.buffers() if b.device.type != "meta"]
     with torch.random.fork_rng(devices=[]):
         try:
@@ -427,8 +432,21 @@ def _state_kept(model: nn.Module) -> Iterator[None]:
                     b.copy_(saved)
 
 
-def _restore_attributes(attributes: list[tuple[nn.Module, dict]]) -> None:
-    for m, saved in attributes:
+def _attributes(model: nn.Module) -> list[tuple[nn.Module, dict, dict]]:
+    """Each module's attributes, and the contents of its dicts (hooks, sub-layers, parameters)."""
+    return [
+        (m, dict(vars(m)), {k: dict(v) for k, v in vars(m).items() if isinstance(v, dict)}) for m in model.modules()
+    ]
+
+
+def _restore_attributes(attributes: list[tuple[nn.Module, dict, dict]]) -> None:
+    """Undo what a (traced) forward set on the modules: new attributes, and hooks a library adds at its first call."""
+    for m, saved, contents in attributes:
         for k in [k for k in vars(m) if k not in saved]:
             delattr(m, k)
         vars(m).update(saved)
+        for k, items in contents.items():
+            now = vars(m)[k]
+            if len(now) != len(items) or any(now.get(n, _NO_VALUE) is not v for n, v in items.items()):
+                now.clear()
+                now.update(items)
