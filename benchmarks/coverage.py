@@ -216,7 +216,7 @@ HF_MODELS: dict[str, dict] = {
     "SiglipForImageClassification": {}, "CLIPForImageClassification": {}, "HGNetV2ForImageClassification": {},
     "TextNetForImageClassification": {},
     "SegformerForSemanticSegmentation": {}, "MobileViTForSemanticSegmentation": {},
-    "MobileNetV2ForSemanticSegmentation": {}, "BeitForSemanticSegmentation": {}, "UperNetForSemanticSegmentation": {},
+    "MobileNetV2ForSemanticSegmentation": {}, "BeitForSemanticSegmentation": {"out_indices": [3, 5, 7, 11]}, "UperNetForSemanticSegmentation": {},
     "DPTForDepthEstimation": {}, "GLPNForDepthEstimation": {}, "DepthAnythingForDepthEstimation": {},
     "YolosForObjectDetection": {},
     "DetrForObjectDetection": {"use_timm_backbone": False, "use_pretrained_backbone": False},

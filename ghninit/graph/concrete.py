@@ -12,6 +12,7 @@ is the same. Values may live on the ``meta`` device (no memory); ops that need r
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import inspect
@@ -61,11 +62,6 @@ def _proxy_value(p: fx.Proxy) -> Any:
 
 class ConcreteProxy(fx.Proxy):
     """An fx proxy that also holds the value its op returned on the example input."""
-
-    @property  # isinstance(x, torch.Tensor), isinstance(x, list)... answer for the value
-    def __class__(self):  # type: ignore[override]
-        value = self.__dict__.get("value", _NO_VALUE)
-        return ConcreteProxy if value is _NO_VALUE or value is None else type(value)
 
     def __getattr__(self, k: str) -> ConcreteAttribute:
         if k.startswith("__") and k.endswith("__"):
@@ -329,6 +325,9 @@ _CONSTRUCTORS = (
 )  # fmt: skip
 
 
+_ON_VALUES = ("finfo", "iinfo")  # torch.finfo(x.dtype): called on the value
+
+
 @contextlib.contextmanager
 def _recorded_constructors() -> Iterator[None]:
     """``torch.tensor(x.shape[1])``, ``torch.ones(B, N)`` and the like are recorded (run on the values)."""
@@ -342,14 +341,36 @@ def _recorded_constructors() -> Iterator[None]:
 
         return wrapper
 
-    saved = {name: getattr(torch, name) for name in _CONSTRUCTORS}
+    def on_values(fn):  # dtype information: nothing to record
+        return lambda *args, **kwargs: fn(*_value(args), **_value(kwargs))
+
+    saved = {name: getattr(torch, name) for name in (*_CONSTRUCTORS, *_ON_VALUES)}
     try:
         for name, fn in saved.items():
-            setattr(torch, name, wrap(fn))
+            setattr(torch, name, on_values(fn) if name in _ON_VALUES else wrap(fn))
+        builtins.isinstance = _isinstance_of_value
         yield
     finally:
+        builtins.isinstance = _ISINSTANCE
         for name, fn in saved.items():
             setattr(torch, name, fn)
+
+
+_ISINSTANCE = builtins.isinstance
+
+
+def _isinstance_of_value(obj: Any, cls: Any) -> bool:
+    """``isinstance`` while tracing: a traced value is an instance of what its value is.
+
+    Python code asks (``isinstance(images, list)``, ``isinstance(x, torch.Tensor)``); C code does not
+    see this (lying to it through ``__class__`` would let it read a proxy as a tensor).
+    """
+    if _ISINSTANCE(obj, cls):
+        return True
+    if type(obj) is ConcreteProxy or type(obj) is ConcreteAttribute:
+        value = obj.__dict__.get("value", _NO_VALUE)
+        return value is not _NO_VALUE and _ISINSTANCE(value, cls)
+    return False
 
 
 def _flat(args: tuple, kwargs: dict) -> list:
