@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import fx
+from torch.utils._pytree import tree_map
 
 from ..errors import TraceError
 from .example_inputs import infer_example_inputs, small_detection_inputs
@@ -273,16 +274,38 @@ def normalize_inputs(model: nn.Module, example_inputs: Any) -> dict[str, Any]:
     return {p.name: a for p, a in zip(positional, args)}
 
 
-def trace_with_inputs(model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = ()) -> fx.Graph:
+def trace_with_inputs(
+    model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = (), on_meta: bool = False
+) -> fx.Graph:
     """The fx graph of ``model`` recorded while it runs on ``example_inputs`` (under ``no_grad``).
 
-    Forward arguments not given keep their defaults, fixed as in symbolic tracing.
+    Forward arguments not given keep their defaults, fixed as in symbolic tracing. With
+    ``on_meta``, the model's parameters and buffers are swapped for meta tensors of their shapes and
+    the inputs moved to ``meta`` (shapes only, no arithmetic: fast); call it inside
+    :func:`_state_kept`, which puts them back. That fails where the model's Python code needs
+    numbers (a detector's box selection).
     """
     inputs = normalize_inputs(model, example_inputs)
     fixed = {k: v for k, v in (_default_arguments(model) or {}).items() if k not in inputs}
+    if on_meta:
+        _swap_to_meta(model)
+        inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)
     tracer = ConcreteTracer(leaf_modules, inputs)
     with torch.no_grad(), _recorded_constructors(), _plain_forward(model):
         return tracer.trace(model, concrete_args=fixed or None)
+
+
+def _swap_to_meta(model: nn.Module) -> None:
+    """Replace every parameter and buffer by a meta tensor of its shape (tied ones stay tied)."""
+    memo: dict[int, torch.Tensor] = {}
+    for m in model.modules():
+        for store in (m._parameters, m._buffers):
+            for name, t in store.items():
+                if t is not None and t.device.type != "meta":
+                    if id(t) not in memo:
+                        meta = torch.empty_like(t, device="meta")
+                        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+                    store[name] = memo[id(t)]
 
 
 @contextlib.contextmanager
@@ -420,15 +443,20 @@ def trace_model(
     normalize_inputs(model, example_inputs)  # wrong names or counts: a TypeError now, not after two runs
     context = small_detection_inputs(model) if inferred else contextlib.nullcontext()
     errors = []
+    already_meta = any(p.device.type == "meta" for p in model.parameters())
     with context:
         for eval_mode in (False, True) if model.training else (True,):
-            with _state_kept(model):
-                if eval_mode:
-                    model.eval()
-                try:
-                    return trace_with_inputs(model, example_inputs, leaf_modules), EXAMPLE_INPUT
-                except Exception as err:  # any failure of the model's own code on the example
-                    errors.append(f"{'eval' if eval_mode else 'training'} mode: {type(err).__name__}: {err}")
+            for on_meta in (False,) if already_meta else (True, False):  # on meta first: no arithmetic
+                with _state_kept(model):
+                    if eval_mode:
+                        model.eval()
+                    try:
+                        graph = trace_with_inputs(model, example_inputs, leaf_modules, on_meta=on_meta)
+                        return graph, EXAMPLE_INPUT
+                    except Exception as err:  # any failure of the model's own code on the example
+                        if not on_meta:
+                            mode = "eval" if eval_mode else "training"
+                            errors.append(f"{mode} mode: {type(err).__name__}: {err}")
     reasons = "\n  ".join(errors)
     before = f"{symbolic_error}\n" if symbolic_error else ""
     raise TraceError(

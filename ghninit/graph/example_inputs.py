@@ -21,6 +21,7 @@ import torch.nn as nn
 from ..errors import TraceError
 
 _DETECTION_SIZE = 224  # side of the example image a torchvision detector is traced at
+_PROPOSALS = 32  # region proposals kept per image while tracing a torchvision two-stage detector
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -94,17 +95,26 @@ def infer_example_inputs(model: nn.Module) -> Any:
 
 @contextlib.contextmanager
 def small_detection_inputs(model: nn.Module) -> Iterator[None]:
-    """While tracing, a torchvision detector's transform resizes images to :data:`_DETECTION_SIZE`.
+    """While tracing, a torchvision detector's transform resizes images to :data:`_DETECTION_SIZE` and its
+    region proposal network keeps :data:`_PROPOSALS` proposals.
 
-    The graph is the same at any size; the example run costs much less than at 800 pixels.
+    The graph is the same at any size and with any number of proposals; the example run costs much
+    less than at 800 pixels with 1,000 proposals.
     """
-    transform = getattr(model, "transform", None)
-    saved = None
-    if _is_torchvision(model, ("detection",)) and hasattr(transform, "min_size") and hasattr(transform, "max_size"):
-        saved = (transform.min_size, transform.max_size)
-        transform.min_size, transform.max_size = (_DETECTION_SIZE,), _DETECTION_SIZE
+    saved: list[tuple[object, str, object]] = []
+    if _is_torchvision(model, ("detection",)):
+        transform, rpn = getattr(model, "transform", None), getattr(model, "rpn", None)
+        changes = [(transform, "min_size", (_DETECTION_SIZE,)), (transform, "max_size", _DETECTION_SIZE)]
+        # fewer proposals for the box head (the graph is the same with any number above zero)
+        changes += [
+            (rpn, k, {"training": _PROPOSALS, "testing": _PROPOSALS}) for k in ("_pre_nms_top_n", "_post_nms_top_n")
+        ]
+        for obj, name, value in changes:
+            if obj is not None and hasattr(obj, name):
+                saved.append((obj, name, getattr(obj, name)))
+                setattr(obj, name, value)
     try:
         yield
     finally:
-        if saved is not None:
-            transform.min_size, transform.max_size = saved
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
