@@ -190,12 +190,15 @@ def test_no_inferable_input_asks_for_example_inputs():
 def test_example_run_leaves_statistics_and_random_state_alone():
     model = torchvision.models.resnet18(num_classes=10)
     stats = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
     x = torch.randn(2, 3, 32, 32)
     state = torch.random.get_rng_state()
     build_graph(model, example_inputs=x)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
     assert model.training
+    assert all(a is b for a, b in zip(params, model.parameters()))  # the meta stand-ins were put back
+    assert all(p.device.type == "cpu" for p in model.parameters())
 
 
 def test_wrong_example_inputs_name_the_forward_arguments():
