@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..errors import TraceError
 
-_DETECTION_SIZE = 224  # side of the example image a torchvision detector is traced at
+_DETECTION_SIZE = 128  # side of the example image a torchvision detector is traced at
 _PROPOSALS = 32  # region proposals kept per image while tracing a torchvision two-stage detector
 
 
