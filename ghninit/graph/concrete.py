@@ -26,7 +26,7 @@ from torch import fx
 from torch.utils._pytree import tree_map
 
 from ..errors import TraceError
-from .example_inputs import infer_example_inputs, small_detection_inputs
+from .example_inputs import infer_example_inputs, is_torchvision_detector, small_detection_inputs
 from .trace import LeafTracer, _default_arguments, trace
 
 _NO_VALUE = object()
@@ -444,9 +444,11 @@ def trace_model(
     context = small_detection_inputs(model) if inferred else contextlib.nullcontext()
     errors = []
     already_meta = any(p.device.type == "meta" for p in model.parameters())
+    # torchvision's detectors want targets in training mode and real numbers for their box selection
+    detector = is_torchvision_detector(model)
     with context:
-        for eval_mode in (False, True) if model.training else (True,):
-            for on_meta in (False,) if already_meta else (True, False):  # on meta first: no arithmetic
+        for eval_mode in (False, True) if model.training and not detector else (True,):
+            for on_meta in (False,) if already_meta or detector else (True, False):  # meta first: no arithmetic
                 with _state_kept(model):
                     if eval_mode:
                         model.eval()

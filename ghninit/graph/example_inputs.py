@@ -63,6 +63,11 @@ def _is_torchvision(model: nn.Module, names: tuple[str, ...]) -> bool:
     return any(type(model).__module__.startswith(f"torchvision.models.{n}") for n in names)
 
 
+def is_torchvision_detector(model: nn.Module) -> bool:
+    """Whether ``model`` is one of torchvision's detection models (it takes a list of images)."""
+    return _is_torchvision(model, ("detection",)) and hasattr(model, "transform")
+
+
 def infer_example_inputs(model: nn.Module) -> Any:
     """A sensible example input for ``model``: a tuple of positional arguments or a dict of keyword ones.
 
@@ -78,7 +83,7 @@ def infer_example_inputs(model: nn.Module) -> Any:
         name = getattr(model, "main_input_name", "pixel_values")
         if size is not None and name == "pixel_values":
             return {name: _image((1, *size), model)}
-    if _is_torchvision(model, ("detection",)) and hasattr(model, "transform"):
+    if is_torchvision_detector(model):
         return ([_image((3, _DETECTION_SIZE, _DETECTION_SIZE), model)],)
     if _is_torchvision(model, ("optical_flow",)):
         return (_image((1, 3, 128, 128), model), _image((1, 3, 128, 128), model))
