@@ -33,7 +33,8 @@ def initialize(
     """Initialise ``model`` in place with parameters predicted by GHN-2.
 
     Args:
-        model: any ``nn.Module`` torch.fx can trace (see ``leaf_modules``); a ``torch.compile``,
+        model: any ``nn.Module`` (traced by torch.fx, with an example input where needed; see
+            ``example_inputs`` and ``leaf_modules``); a ``torch.compile``,
             ``DataParallel`` or ``DistributedDataParallel`` wrapper is looked through (the module
             inside is initialised; it owns the same parameters). Sharded models (FSDP) are refused:
             initialise before wrapping.
