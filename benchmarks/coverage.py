@@ -13,6 +13,16 @@ and for every architecture under 90% what its unpredicted parameters are. ``--li
 evenly spaced sample of N architectures (a quick run); the full run is long (about an hour here).
 
     python benchmarks/coverage.py --ghn ../shared/fixtures/ghn2_reference/ghn2_imagenet_random.safetensors --all-timm
+
+``--families detection,segmentation,optical-flow,transformers`` goes through every torchvision
+detection, segmentation and optical-flow model and a list of Hugging Face ``transformers`` vision
+models built from their default configs (random weights, nothing downloaded): share of parameters
+predicted, how the graph was traced (symbolic or with an example input), the largest unpredicted
+causes, and whether a forward pass on the inferred example input is finite after ``initialize``.
+It writes ``benchmarks/coverage_families.md`` and ``.json``.
+
+    python benchmarks/coverage.py --ghn ../shared/fixtures/ghn2_reference/ghn2_imagenet_random.safetensors \
+        --families detection,segmentation,optical-flow,transformers
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ def _portable(ghn: str) -> str:
     """``--ghn`` as written in the report: a path relative to the repository root (never machine-specific)."""
     path = Path(ghn)
     return Path(os.path.relpath(path.resolve(), REPO_DIR)).as_posix() if path.exists() else ghn
+
 
 TIMM_MODELS = [
     "resnet18", "resnet50", "resnet101", "resnext50_32x4d", "seresnext50_32x4d", "wide_resnet50_2",
@@ -188,6 +199,168 @@ def run_all_timm(ghn: ghninit.GHN2, limit: int | None, out: Path, command: str) 
     return 1 if any(r["error"] for r in rows) else 0
 
 
+FAMILIES = ("detection", "segmentation", "optical-flow", "transformers")
+# Hugging Face vision models built from their default configs; config fields changed so that nothing is downloaded.
+HF_MODELS: dict[str, dict] = {
+    "ViTForImageClassification": {}, "DeiTForImageClassification": {}, "BeitForImageClassification": {},
+    "Data2VecVisionForImageClassification": {}, "Dinov2ForImageClassification": {},
+    "Dinov2WithRegistersForImageClassification": {}, "IJepaForImageClassification": {},
+    "ViTMSNForImageClassification": {}, "SwinForImageClassification": {}, "Swinv2ForImageClassification": {},
+    "ConvNextForImageClassification": {}, "ConvNextV2ForImageClassification": {}, "ResNetForImageClassification": {},
+    "RegNetForImageClassification": {}, "BitForImageClassification": {}, "EfficientNetForImageClassification": {},
+    "MobileNetV1ForImageClassification": {}, "MobileNetV2ForImageClassification": {},
+    "MobileViTForImageClassification": {}, "MobileViTV2ForImageClassification": {}, "PoolFormerForImageClassification": {},
+    "CvtForImageClassification": {}, "LevitForImageClassification": {}, "PvtForImageClassification": {},
+    "PvtV2ForImageClassification": {}, "FocalNetForImageClassification": {}, "HieraForImageClassification": {},
+    "SwiftFormerForImageClassification": {}, "SegformerForImageClassification": {},
+    "SiglipForImageClassification": {}, "CLIPForImageClassification": {}, "HGNetV2ForImageClassification": {},
+    "TextNetForImageClassification": {},
+    "SegformerForSemanticSegmentation": {}, "MobileViTForSemanticSegmentation": {},
+    "MobileNetV2ForSemanticSegmentation": {}, "BeitForSemanticSegmentation": {"out_indices": [3, 5, 7, 11]}, "UperNetForSemanticSegmentation": {},
+    "DPTForDepthEstimation": {}, "GLPNForDepthEstimation": {}, "DepthAnythingForDepthEstimation": {},
+    "YolosForObjectDetection": {},
+    "DetrForObjectDetection": {"use_timm_backbone": False, "use_pretrained_backbone": False},
+    "ConditionalDetrForObjectDetection": {"use_timm_backbone": False, "use_pretrained_backbone": False},
+    "TableTransformerForObjectDetection": {"use_timm_backbone": False, "use_pretrained_backbone": False},
+}  # fmt: skip
+
+
+def _family_models(family: str) -> list[tuple[str, object]]:
+    """``(name, build)`` for each model of a family; ``build()`` returns the model with random weights."""
+    if family == "transformers":
+        import transformers
+
+        def hf(name: str, overrides: dict):
+            cls = getattr(transformers, name)
+            return lambda: cls(cls.config_class(**overrides))
+
+        return [(name, hf(name, o)) for name, o in HF_MODELS.items() if hasattr(transformers, name)]
+    module = {
+        "detection": torchvision.models.detection,
+        "segmentation": torchvision.models.segmentation,
+        "optical-flow": torchvision.models.optical_flow,
+    }[family]
+    kwargs = {"weights": None}
+    if family != "optical-flow":
+        kwargs["weights_backbone"] = None
+    return [
+        (name, lambda name=name: torchvision.models.get_model(name, **kwargs))
+        for name in torchvision.models.list_models(module=module)
+    ]
+
+
+def _finite(out) -> bool:
+    from torch.utils._pytree import tree_flatten
+
+    leaves, _ = tree_flatten(out if not hasattr(out, "to_tuple") else out.to_tuple())
+    tensors = [t for t in leaves if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return bool(tensors) and all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def measure_family(family: str, name: str, build, ghn) -> dict:
+    """Initialise one model of a family and run it once; never raises."""
+    from ghninit.graph.example_inputs import infer_example_inputs, small_detection_inputs
+
+    row: dict = {"family": family, "model": name, "error": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(0)
+            model = build()
+    except Exception as err:  # the table reports failures instead of stopping
+        row["error"] = f"build: {type(err).__name__}: {_first_line(err)}"
+        return row
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = ghninit.initialize(model, ghn=ghn)
+    except Exception as err:
+        row["error"] = f"{type(err).__name__}: {_first_line(err)}"
+        return row
+    causes: dict[str, int] = {}
+    params = dict(model.named_parameters())
+    for pname, why in report.skipped.items():
+        if pname in params:
+            cause = _cause(model, pname, why)
+            causes[cause] = causes.get(cause, 0) + params[pname].numel()
+    row.update(
+        params=report.n_params_total,
+        percent_predicted=100 * report.fraction_predicted,
+        tracing=report.tracing,
+        nodes=report.n_nodes,
+        seconds=report.seconds["total"],
+        graph_seconds=report.seconds["graph"],
+        causes=dict(sorted(causes.items(), key=lambda kv: -kv[1])[:3]),
+    )
+    try:
+        model.eval()
+        with torch.no_grad(), small_detection_inputs(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            example = infer_example_inputs(model)
+            out = model(**example) if isinstance(example, dict) else model(*example)
+        row["finite_forward"] = _finite(out)
+    except Exception as err:
+        row["finite_forward"] = False
+        row["forward_error"] = f"{type(err).__name__}: {_first_line(err)}"
+    return row
+
+
+def families_report(rows: list[dict], command: str) -> str:
+    """Markdown: a summary per family and one row per model."""
+    import transformers
+
+    lines = [
+        "# Coverage of detection, segmentation, optical-flow and Hugging Face vision models",
+        "",
+        f"Made by `{command}` (torch {torch.__version__}, torchvision {torchvision.__version__}, transformers "
+        f"{transformers.__version__}): each model built with random weights (Hugging Face models from their "
+        "default config), initialised with `ghninit.initialize(model, ghn=...)` (classifier kept unless its "
+        "class count matches the GHN's), then run once in eval mode on the inferred example input. "
+        "Seconds: the whole `initialize` call on a loaded, shared 2-core machine (preliminary).",
+        "",
+        "| family | models | initialised | >= 50% predicted | finite forward | traced with an example input |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for family in dict.fromkeys(r["family"] for r in rows):
+        fr = [r for r in rows if r["family"] == family]
+        ok = [r for r in fr if r["error"] is None]
+        lines.append(
+            f"| {family} | {len(fr)} | {len(ok)} | {sum(r['percent_predicted'] >= 50 for r in ok)} | "
+            f"{sum(bool(r.get('finite_forward')) for r in ok)} | {sum(r['tracing'] != 'symbolic' for r in ok)} |"
+        )
+    lines += [
+        "",
+        "| family | model | params (M) | % predicted | tracing | finite forward | seconds | largest unpredicted causes "
+        "(% of parameters) |",
+        "|---|---|---:|---:|---|---|---:|---|",
+    ]
+    for r in rows:
+        if r["error"]:
+            lines.append(f"| {r['family']} | {r['model']} | - | FAILED | - | - | - | {r['error']} |")
+            continue
+        causes = "; ".join(f"{c} ({100 * n / r['params']:.1f})" for c, n in r["causes"].items())
+        forward = "yes" if r.get("finite_forward") else f"no {r.get('forward_error', '')}".strip()
+        lines.append(
+            f"| {r['family']} | {r['model']} | {r['params'] / 1e6:.1f} | {r['percent_predicted']:.1f} | "
+            f"{r['tracing']} | {forward} | {r['seconds']:.1f} | {causes} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_families(families: list[str], ghn, models: list[str] | None, out: Path, command: str) -> int:
+    rows = []
+    for family in families:
+        for name, build in tqdm(_family_models(family), desc=family):
+            if models and name not in models:
+                continue
+            rows.append(measure_family(family, name, build, ghn))
+            out.with_suffix(".json").write_text(json.dumps(rows, indent=1))  # partial results survive a kill
+    text = families_report(rows, command)
+    out.write_text(text)
+    print(text)
+    return 1 if any(r["error"] for r in rows) else 0
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | nodes | % params predicted | seconds |", "|---|---:|---:|---:|"]
     for r in rows:
@@ -206,9 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/coverage.md"), help="markdown output")
     parser.add_argument("--all-timm", action="store_true", help="every timm.list_models() architecture, on meta")
     parser.add_argument("--limit", type=int, help="with --all-timm: an evenly spaced sample of this many")
+    parser.add_argument("--families", help=f"comma-separated, of {','.join(FAMILIES)}")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     ghn = ghninit.load_ghn(args.ghn)
+    if args.families:
+        families = [f.strip() for f in args.families.split(",") if f.strip()]
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            parser.error(f"unknown families {unknown}; choose from {FAMILIES}")
+        out = args.out if args.out != Path("benchmarks/coverage.md") else Path("benchmarks/coverage_families.md")
+        command = "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        return run_families(families, ghn, args.models, out, command)
     if args.all_timm:
         out = args.out if args.out != Path("benchmarks/coverage.md") else Path("benchmarks/coverage_timm.md")
         command = "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])

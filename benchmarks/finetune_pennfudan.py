@@ -16,6 +16,11 @@ seed, architecture and initialisation:
 4. after every epoch, measure average precision at IoU 0.50 on the 50 held-out images
    (torchmetrics ``MeanAveragePrecision``, COCO-style evaluation by pycocotools).
 
+``--detector torchvision:NAME`` takes instead a detector built the ordinary torchvision way
+(``torchvision.models.get_model(NAME, weights=None, weights_backbone=None, num_classes=2)``, e.g.
+``fasterrcnn_mobilenet_v3_large_fpn``) and initialises the whole of it: He, then everything the GHN
+predicts, backbone, FPN and heads (``ghninit.initialize`` traces it with an example input).
+
 Outputs, in ``--out-dir``: ``finetune_pennfudan.{json,md,png}`` (mean ± std over seeds, AP per
 epoch) and ``runs/<arch>-<init>-seed<k>.json``, one per finished run: rerun the same command to
 resume.
@@ -24,6 +29,8 @@ Examples::
 
     python benchmarks/finetune_pennfudan.py --data-dir data --download --ghn imagenet
     python benchmarks/finetune_pennfudan.py --data-dir ../shared/data/PennFudanPed --archs mobilenet --max-size 320 --quick
+    python benchmarks/finetune_pennfudan.py --data-dir ../shared/data/PennFudanPed --quick --ghn cifar10-mini \
+        --detector torchvision:fasterrcnn_mobilenet_v3_large_320_fpn --init he ghn
 """
 
 from __future__ import annotations
@@ -82,6 +89,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="proposals sampled per image to train the box head (default: torchvision's 512; fewer is faster on CPU)",
     )
     parser.add_argument(
+        "--detector",
+        help="torchvision:NAME: a torchvision detection model built as torchvision builds it, initialised whole, "
+        "instead of --archs (e.g. torchvision:fasterrcnn_mobilenet_v3_large_fpn)",
+    )
+    parser.add_argument(
         "--train-limit", type=int, default=None, help="train on the first N training images only (default: 0 = all 120)"
     )
     parser.add_argument(
@@ -91,6 +103,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="evaluate on the first N held-out images only (default: 0 = all 50)",
     )
     return fill_defaults(parser.parse_args(argv), FULL, QUICK)
+
+
+def torchvision_detector(spec: str, max_size: int | None, rois_per_image: int) -> nn.Module:
+    """``torchvision:NAME``: the torchvision detection model NAME for pedestrians (2 classes), random weights."""
+    import torchvision
+
+    source, _, name = spec.partition(":")
+    detection = torchvision.models.list_models(module=torchvision.models.detection)
+    if source != "torchvision" or name not in detection:
+        raise SystemExit(f"--detector {spec!r}: expected torchvision:NAME with NAME one of {detection}")
+    kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None, "num_classes": 2}
+    if max_size is not None:
+        kwargs.update(min_size=min(800, max_size), max_size=max_size)
+    if name.startswith(("fasterrcnn", "maskrcnn", "keypointrcnn")):
+        kwargs["box_batch_size_per_image"] = rois_per_image
+    return torchvision.models.get_model(name, **kwargs)
 
 
 def _as_batch(dataset: PennFudan, indices: Sequence[int]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -198,7 +226,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    archs = available_archs(args.archs, PAPER_ARCHS, cifar=False)
+    # a detector's runs are labelled by its torchvision name (file names carry no ':')
+    archs = (
+        [args.detector.partition(":")[2]] if args.detector else available_archs(args.archs, PAPER_ARCHS, cifar=False)
+    )
+    if args.detector:
+        torchvision_detector(args.detector, args.max_size or None, args.rois_per_image)  # fails early if unknown
     ghn, ghn_info = resolve_ghn(args.ghn) if any(i.startswith("ghn") for i in args.init) else (None, None)
     dataset = PennFudan(find_pennfudan(args.data_dir, download=args.download))
     train_index, test_index = pennfudan_split(len(dataset))
@@ -220,16 +253,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "test_images": len(test_index),
     }
 
-    def run(arch: str, init: str, seed: int) -> dict[str, Any]:
-        start = time.time()
-        torch.manual_seed(seed)
-        classifier = build_classifier(arch, num_classes, cifar=False)
-        report = initialise(classifier, init, ghn, args.postprocess)
-        torch.manual_seed(seed)  # the same detection heads for He and GHN
-        model = build_detector(
-            build_detection_backbone(arch, classifier), 2, args.max_size or None, args.rois_per_image
-        )
-        result = finetune(
+    def finetune_run(model: nn.Module, seed: int, desc: str) -> dict[str, Any]:
+        return finetune(
             model,
             dataset,
             train_index,
@@ -241,8 +266,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             batch_size=args.batch_size,
             lr_step=args.lr_step,
             seed=seed,
-            desc=f"{arch} {init} s{seed}",
+            desc=desc,
         )
+
+    def run(arch: str, init: str, seed: int) -> dict[str, Any]:
+        start = time.time()
+        torch.manual_seed(seed)
+        if args.detector:  # the whole torchvision detector: He, then what the GHN predicts
+            model = torchvision_detector(args.detector, args.max_size or None, args.rois_per_image)
+            report = initialise(model, init, ghn, args.postprocess)
+            result = finetune_run(model, seed, f"{arch} {init} s{seed}")
+            return {**result, "ghn_report": report_summary(report), "seconds": time.time() - start}
+        classifier = build_classifier(arch, num_classes, cifar=False)
+        report = initialise(classifier, init, ghn, args.postprocess)
+        torch.manual_seed(seed)  # the same detection heads for He and GHN
+        model = build_detector(
+            build_detection_backbone(arch, classifier), 2, args.max_size or None, args.rois_per_image
+        )
+        result = finetune_run(model, seed, f"{arch} {init} s{seed}")
         return {**result, "ghn_report": report_summary(report), "seconds": time.time() - start}
 
     size = f"longer side <= {args.max_size} px" if args.max_size else "torchvision's resizing (min 800, max 1333)"

@@ -38,7 +38,8 @@ def initialize(
     """Initialise ``model`` in place with parameters predicted by GHN-2.
 
     Args:
-        model: any ``nn.Module`` torch.fx can trace (see ``leaf_modules``); a ``torch.compile``,
+        model: any ``nn.Module`` (traced by torch.fx, with an example input where needed; see
+            ``example_inputs`` and ``leaf_modules``); a ``torch.compile``,
             ``DataParallel`` or ``DistributedDataParallel`` wrapper is looked through (the module
             inside is initialised; it owns the same parameters). Sharded models (FSDP) are refused:
             initialise before wrapping.
@@ -59,10 +60,13 @@ def initialize(
             ``"cuda"``), write the predicted tensors, and initialise the rest with the modules' own
             ``reset_parameters``; the report says how each parameter was filled.
         example_inputs: what to call the model with where an input is needed: a tuple of
-            positional arguments, a single tensor, or a dict of keyword arguments for
-            ``model(...)``. Lazy modules (``nn.LazyLinear``...) are materialised with one forward
-            pass on it before prediction; without it, on a random image of the GHN's input size
-            (``(1, 3, 32, 32)`` for a CIFAR-10 GHN, ``(1, 3, 224, 224)`` for ImageNet).
+            ``forward``'s positional arguments, a dict of its keyword arguments, or one tensor (on
+            the model's device, which may be ``meta``). With it, the model is traced by running it
+            on these instead of symbolically; without it, a model torch.fx cannot trace
+            symbolically is run on an inferred example input (see ``docs/tracing.md``). Lazy
+            modules (``nn.LazyLinear``...) are materialised with one forward pass on it before
+            prediction; without it, on a random image of the GHN's input size (``(1, 3, 32, 32)``
+            for a CIFAR-10 GHN, ``(1, 3, 224, 224)`` for ImageNet).
 
     Returns:
         a :class:`Report`; ``print(report)`` summarises it.
@@ -86,7 +90,11 @@ def initialize(
     ghn, source = _resolve_ghn(ghn, dataset)
     lazy = materialize_lazy(module, example_inputs, ghn_image_size(ghn))
     graph = build_graph(
-        module, leaf_modules, virtual_edge_cutoff=50 if ghn.ve else 1, rules=getattr(ghn, "graph_rules", GHN2_RULES)
+        module,
+        leaf_modules,
+        virtual_edge_cutoff=50 if ghn.ve else 1,
+        rules=getattr(ghn, "graph_rules", GHN2_RULES),
+        example_inputs=example_inputs,
     )
     t_graph = time.perf_counter()
     if keep_classifier is None:
@@ -157,6 +165,7 @@ def initialize(
         lazy=lazy,
         n_outputs=graph.n_outputs,
         skipped_families=skipped_families(module, skipped),
+        tracing=graph.tracing,
     )
     warning = report.coverage_warning()
     if warning:

@@ -37,6 +37,7 @@ class Report:
         n_outputs: how many of the model's outputs the graph joins (at a ``concat`` sink when more than one).
         skipped_families: the skipped parameters grouped by module type and reason, largest first:
             ``(module type, reason, number of scalar parameters)``.
+        tracing: how the model's graph was traced: ``"symbolic"`` or ``"example input"``.
     """
 
     model: str
@@ -58,6 +59,7 @@ class Report:
     lazy: str | None = None
     n_outputs: int = 1
     skipped_families: list[tuple[str, str, int]] = field(default_factory=list)
+    tracing: str = "symbolic"
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -95,6 +97,8 @@ class Report:
             if self.n_outputs > 1
             else f"  classifier: {'predicted' if self.classifier_predicted else 'kept as it was'}",
         ]
+        if self.tracing != "symbolic":
+            lines.append("  graph traced by running the model on an example input")
         if self.postprocess:
             lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
         if self.wrappers:

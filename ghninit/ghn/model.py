@@ -151,7 +151,9 @@ class GHN2(
         return self(graph, predict_classifier)
 
     def classifier_matches(self, graph: Graph) -> bool:
-        """Whether the graph's classifier has as many outputs as the GHN has classes."""
+        """Whether the graph's classifier (or, where set, its ``output_classes``) has as many outputs as the GHN has classes."""
+        if getattr(graph, "output_classes", None) is not None:
+            return graph.output_classes == self.num_classes
         weight, bias = graph.classifier
         node = graph.nodes[weight if weight is not None else bias] if (weight, bias) != (None, None) else None
         return node is not None and node.shape[0] == self.num_classes

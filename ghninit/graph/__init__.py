@@ -1,6 +1,8 @@
 """From a PyTorch model to a GHN graph: fx tracing, the primitives and their rules, graph building.
 
-:mod:`~ghninit.graph.trace` turns a model into an fx graph of leaf modules and functions;
+:mod:`~ghninit.graph.trace` turns a model into an fx graph of leaf modules and functions
+symbolically, :mod:`~ghninit.graph.concrete` by running it on an example input where that fails
+(:mod:`~ghninit.graph.example_inputs` infers one);
 :mod:`~ghninit.graph.primitives` maps each leaf to the GHN's 15 primitives (with
 :mod:`~ghninit.graph.timm_rules` for timm's own layers); :mod:`~ghninit.graph.build` assembles the
 :class:`Graph` the GHN reads (nodes, edges, virtual edges) with the GHN-2 or GHN-3 rules.

@@ -30,6 +30,7 @@ import torch.nn as nn
 from torch import fx
 from torch.nn.utils import parametrize
 
+from .concrete import SYMBOLIC, trace_model
 from .primitives import (
     NORM_PRIMITIVES,
     PRIMITIVE_INDEX,
@@ -46,7 +47,7 @@ from .primitives import (
     softmax_rule,
     without_unweighted_attention,
 )
-from .trace import TraceError, trace
+from .trace import TraceError
 
 VIRTUAL_EDGE_CUTOFF = 50
 _HEAD_PREFIXES = ("classifier", "fc", "head")
@@ -153,6 +154,10 @@ class Graph:
         rules: the rule set it was built with.
         n_outputs: how many outputs of the model the graph describes; with more than one, the last
             node is the ``concat`` sink joining them and the graph has no classifier.
+        tracing: how the fx graph was obtained: ``"symbolic"`` or ``"example input"``.
+        output_classes: GHN-3, when the model's output layer is a bias-free ``nn.Linear`` (a weight
+            source node, so not in the classifier's place): its number of outputs, which decides
+            whether the classifier's place is predicted; else ``None`` (the classifier's own).
     """
 
     nodes: list[Node]
@@ -160,6 +165,8 @@ class Graph:
     uncovered: dict[str, str] = field(default_factory=dict)
     rules: GraphRules = GHN2_RULES
     n_outputs: int = 1
+    tracing: str = SYMBOLIC
+    output_classes: int | None = None
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -533,19 +540,23 @@ def build_graph(
     leaf_modules: Iterable[type] = (),
     virtual_edge_cutoff: int = VIRTUAL_EDGE_CUTOFF,
     rules: GraphRules = GHN2_RULES,
+    example_inputs: object = None,
 ) -> Graph:
-    """Build the GHN graph of ``model`` (no example input needed).
+    """Build the GHN graph of ``model``.
 
     Args:
-        model: any ``nn.Module`` that torch.fx can trace, given ``leaf_modules``.
+        model: any ``nn.Module``; traced symbolically, or with an example input where that fails
+            (see :func:`ghninit.graph.concrete.trace_model`).
         leaf_modules: extra module types to keep as leaves.
         virtual_edge_cutoff: longest shortest-path turned into a virtual edge (1 disables them).
         rules: :data:`GHN2_RULES` (default) or :data:`GHN3_RULES`.
+        example_inputs: trace by running the model on these (a tuple of positional arguments, a
+            dict of keyword arguments, or one tensor) instead of symbolically.
 
     Returns:
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
-    fx_graph = trace(model, leaf_modules)
+    fx_graph, tracing = trace_model(model, leaf_modules, example_inputs)
     returned = _output_nodes(fx_graph, model)
     needed = _ancestors(returned)
     modules = dict(model.named_modules())
@@ -595,8 +606,13 @@ def build_graph(
             and max(node.shape[2:]) == 1
         ):
             node.shape, node.param_shape = node.shape[:2], node.shape
+    output_classes = None
+    if rules.detached_unbiased_linear and n_outputs == 1 and returned[0].op == "call_module":
+        head = modules[returned[0].target]
+        if is_detached_linear(head, returned[0].target, modules):
+            output_classes = head.out_features
     edges = _with_virtual_edges(len(nodes), real, virtual_edge_cutoff)
-    return Graph(nodes, edges, uncovered, rules, n_outputs=n_outputs)
+    return Graph(nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes)
 
 
 def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
