@@ -123,6 +123,7 @@ def measure_meta(name: str, ghn: ghninit.GHN2) -> dict:
     total = sum(p.numel() for p in model.parameters())
     row.update(
         nodes=len(graph),
+        tracing=graph.tracing,
         params=total,
         percent_predicted=100 * sum(tensors[k].numel() for k in ready) / max(total, 1),
         causes=dict(sorted(causes.items(), key=lambda kv: -kv[1])[:3]),
@@ -156,6 +157,8 @@ def all_timm_report(rows: list[dict], command: str) -> str:
         "Parameters shared by several names count once.",
         "",
         f"- architectures: {len(rows)}; through: {len(ok)}; failed: {len(failed)}",
+        f"- traced with an example input (symbolic fx tracing failed): "
+        f"{', '.join(r['model'] for r in ok if r.get('tracing', 'symbolic') != 'symbolic') or 'none'}",
         f"- mean share of parameters predicted: {mean:.1f}%; under 90%: {len(under90)}; under 50%: {len(under50)}",
         "",
         "## Failures by cause",
@@ -189,10 +192,14 @@ def run_all_timm(ghn: ghninit.GHN2, limit: int | None, out: Path, command: str) 
     if limit:
         step = max(len(names) / limit, 1)
         names = [names[int(i * step)] for i in range(min(limit, len(names)))]
+    partial = out.with_suffix(".json")
+    done = {r["model"]: r for r in json.loads(partial.read_text())} if partial.is_file() else {}
+    if done:
+        print(f"resuming: {len(done)} architectures already measured in {partial}", file=sys.stderr)
     rows = []
     for name in tqdm(names, desc="timm (meta)"):
-        rows.append(measure_meta(name, ghn))
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))  # partial results survive a kill
+        rows.append(done.get(name) or measure_meta(name, ghn))
+        partial.write_text(json.dumps(rows, indent=1))  # partial results survive a kill; a rerun resumes
     text = all_timm_report(rows, command)
     out.write_text(text)
     print(text)
