@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import SHARED_DIR
 
 from ghninit.__main__ import main
-from ghninit.zoo.check_ghn2 import (
+from ghninit.training.reference_check import (
     PUBLISHED,
     ExampleResult,
     batchnorm_batch_statistics,

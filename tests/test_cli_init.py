@@ -78,7 +78,7 @@ def test_callable_model_and_model_kwargs(tmp_path):
     out = tmp_path / "cnn.pt"
     args = [
         "init",
-        "ghninit.zoo.check_ghn2:ExampleCNN",
+        "ghninit.training.reference_check:ExampleCNN",
         "-o",
         str(out),
         "--model-kwargs",
@@ -87,7 +87,7 @@ def test_callable_model_and_model_kwargs(tmp_path):
     ]
     assert main([*args, "--postprocess", "orth"]) == 0
     assert json.loads(out.with_name("cnn.pt.json").read_text())["report"]["postprocessed"]
-    from ghninit.zoo.check_ghn2 import ExampleCNN
+    from ghninit.training.reference_check import ExampleCNN
 
     ExampleCNN(num_classes=3, channels=8).load_state_dict(torch.load(out, weights_only=True))
 

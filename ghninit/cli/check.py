@@ -3,7 +3,7 @@
 ``check ghn3-t|ghn3-xl MODEL`` compares the parameter norm of a predicted torchvision model with
 the GHN-3 reference's figure (:mod:`ghninit.zoo.check`); ``check ghn2-cifar10|ghn2-imagenet
 --data-dir DIR`` evaluates the GHN-2 reference's example networks with its protocol
-(:mod:`ghninit.zoo.check_ghn2`).
+(:mod:`ghninit.training.reference_check`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def _run_ghn2(args: argparse.Namespace) -> int:
     from ..errors import GHNLoadError
-    from ..zoo.check_ghn2 import PUBLISHED, check_ghn2
+    from ..training.reference_check import PUBLISHED, check_ghn2
 
     if args.data_dir is None:
         print(f"error: check {args.ghn} needs --data-dir (the data set to evaluate on)", file=sys.stderr)

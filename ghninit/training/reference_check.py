@@ -132,7 +132,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
 def cifar10_batches(data_dir: str | os.PathLike, limit: int | None = None) -> tuple[list, str]:
     """The CIFAR-10 test set in batches of 64, and a note on how it was read (original files or not)."""
-    from ..training.data import load_cifar10
+    from .data import load_cifar10
 
     root = Path(data_dir)
     data = load_cifar10(root, train=False, shuffle=True)
@@ -152,7 +152,7 @@ def imagenet_batches(data_dir: str | os.PathLike, limit: int | None = None, work
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    from ..training.data import IMAGENET_MEAN, IMAGENET_STD
+    from .data import IMAGENET_MEAN, IMAGENET_STD
 
     root = Path(data_dir)
     folder = root / "val" if (root / "val").is_dir() else root
