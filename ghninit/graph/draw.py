@@ -227,8 +227,15 @@ def draw_graph(
         for p in PRIMITIVES
         if counts.get(p)
     ]  # fmt: skip
+    # below the drawing: node labels extend right of the last column and would run into a side legend
     ax.legend(
-        handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8, title="primitive"
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(len(handles), 8),
+        frameon=False,
+        fontsize=8,
+        title="primitive",
     )
     stats = graph_stats(graph)
     summary = f"{n} nodes, {stats['edges']} edges, depth {stats['depth']}" + (
