@@ -93,7 +93,7 @@ def measure_meta(name: str, ghn: ghninit.GHN2) -> dict:
     """Build a timm model on the meta device, graph it and predict without writing; never raises."""
     import timm
 
-    from ghninit.write.assign import prepare
+    from ghninit.write.assign import inflate_blocks, prepare
 
     row: dict = {"model": name, "error": None}
     start = time.perf_counter()
@@ -108,6 +108,7 @@ def measure_meta(name: str, ghn: ghninit.GHN2) -> dict:
         graph = ghninit.build_graph(model, virtual_edge_cutoff=50 if ghn.ve else 1)
         with torch.no_grad():  # the classifier too, whatever its classes: initialize(keep_classifier=False)
             blocks = {k: b for k, (b, _) in ghn.predict_blocks(graph, True).items()}
+        blocks, _ = inflate_blocks(model, blocks)  # 3-D kernels, as initialize does
         ready = prepare(model, blocks, torch.device("cpu"))
     except Exception as err:
         row.update(error=f"{type(err).__name__}: {_first_line(err)}", seconds=time.perf_counter() - start)
