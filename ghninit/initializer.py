@@ -15,10 +15,11 @@ from .errors import TraceError
 from .ghn import GHN2, GHN3
 from .ghn.presets import DATASET_SHAPES
 from .graph.build import GHN2_RULES, build_graph
+from .graph.example_inputs import example_call
 from .report import Report
 from .write.assign import inflate_blocks, prepare, reset_batchnorm_statistics, write
 from .write.meta import materialize, target_device
-from .write.parametrized import Inversion, through_right_inverse
+from .write.parametrized import Inversion, leave_parametrized, through_right_inverse
 from .write.postprocess import Orthogonalize, plan, resolve_postprocess
 from .write.wrapped import unwrap
 from .zoo.hub import load_ghn
@@ -177,19 +178,9 @@ def _through_parametrizations(module: nn.Module, ready: dict, materialize_on: to
     """Parametrized weights in ``ready`` as values for their originals; left alone on a meta-device model."""
     if materialize_on is None:
         return through_right_inverse(module, ready)
-    from .write.parametrized import parametrized_tensors
-
-    owners = parametrized_tensors(module)
-    kept = {name: value for name, value in ready.items() if name not in owners}
-    inversion = Inversion(kept)
-    for name in ready.keys() - kept.keys():
-        prefix = f"{name.rpartition('.')[0]}.parametrizations.{name.rpartition('.')[2]}".lstrip(".")
-        for original, _ in module.named_parameters():
-            if original.startswith(prefix + ".original"):
-                inversion.skipped[original] = (
-                    "parametrized weight of a meta-device model: not written through right_inverse"
-                )
-    return inversion
+    return leave_parametrized(
+        module, ready, "parametrized weight of a meta-device model: not written through right_inverse"
+    )
 
 
 def skipped_families(module: nn.Module, skipped: dict[str, str]) -> list[tuple[str, str, int]]:
@@ -216,19 +207,6 @@ def ghn_image_size(ghn: nn.Module) -> int:
         if tuple(shapes["max_shape"]) == max_shape:
             return int(shapes["image_size"])
     return 224
-
-
-def example_call(example_inputs: Any) -> tuple[tuple, dict]:
-    """``example_inputs`` as ``(args, kwargs)`` for ``model(*args, **kwargs)``.
-
-    A tuple is the positional arguments, a dict the keyword arguments, anything else (a tensor)
-    the one positional argument.
-    """
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, tuple):
-        return example_inputs, {}
-    return (example_inputs,), {}
 
 
 def _lazy_modules(module: nn.Module) -> list[str]:

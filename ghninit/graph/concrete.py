@@ -26,7 +26,7 @@ from torch import fx
 from torch.utils._pytree import tree_map
 
 from ..errors import TraceError
-from .example_inputs import infer_example_inputs, is_torchvision_detector, small_detection_inputs
+from .example_inputs import example_call, infer_example_inputs, is_torchvision_detector, small_detection_inputs
 from .trace import LeafTracer, _default_arguments, trace
 
 _NO_VALUE = object()
@@ -255,16 +255,16 @@ def normalize_inputs(model: nn.Module, example_inputs: Any) -> dict[str, Any]:
     argument (a tensor, or a list of images for a torchvision detector).
     """
     params = list(inspect.signature(model.forward).parameters.values())
-    if isinstance(example_inputs, Mapping):
+    args, kwargs = example_call(example_inputs)
+    if kwargs:
         names = {p.name for p in params}
-        unknown = [k for k in example_inputs if k not in names]
+        unknown = [k for k in kwargs if k not in names]
         if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
             raise TypeError(
                 f"example_inputs names {unknown}, which {type(model).__name__}.forward does not take "
                 f"(its arguments: {[p.name for p in params]})"
             )
-        return dict(example_inputs)
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        return kwargs
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(args) > len(positional):
         raise TypeError(

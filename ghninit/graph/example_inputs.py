@@ -12,7 +12,7 @@ graph does not depend on the image size.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +22,19 @@ from ..errors import TraceError
 
 _DETECTION_SIZE = 128  # side of the example image a torchvision detector is traced at
 _PROPOSALS = 32  # region proposals kept per image while tracing a torchvision two-stage detector
+
+
+def example_call(example_inputs: Any) -> tuple[tuple, dict]:
+    """``example_inputs`` as ``(args, kwargs)`` for ``model(*args, **kwargs)``.
+
+    A mapping is the keyword arguments, a tuple the positional arguments, anything else (a tensor,
+    a list of images for a torchvision detector) the one positional argument.
+    """
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs, {}
+    return (example_inputs,), {}
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:

@@ -45,7 +45,11 @@ def current_value(model: nn.Module, name: str) -> torch.Tensor | None:
     return None if owner is None else getattr(owner[0], owner[1])
 
 
-def _original_names(prefix: str, originals: nn.Module) -> list[str]:
+def _original_names(name: str, owner: tuple[nn.Module, str]) -> list[str]:
+    """The parameter names of the originals behind the parametrized tensor ``name``."""
+    module, tensor_name = owner
+    originals = module.parametrizations[tensor_name]
+    prefix = f"{name.rpartition('.')[0]}.parametrizations.{tensor_name}".lstrip(".")
     if originals.is_tensor:
         return [f"{prefix}.original"]
     return [f"{prefix}.original{i}" for i in range(originals.ntensors)]
@@ -134,11 +138,19 @@ def through_right_inverse(model: nn.Module, ready: Mapping[str, torch.Tensor]) -
     return result
 
 
+def leave_parametrized(model: nn.Module, ready: Mapping[str, torch.Tensor], why: str) -> Inversion:
+    """Drop the parametrized weights from ``ready``: their originals keep their own initialisation, for ``why``."""
+    owners = parametrized_tensors(model)
+    result = Inversion({name: block for name, block in ready.items() if name not in owners})
+    for name in ready.keys() & owners.keys():
+        result.skipped.update(dict.fromkeys(_original_names(name, owners[name]), why))
+    return result
+
+
 def _invert(name: str, block: torch.Tensor, owner: tuple[nn.Module, str], result: Inversion) -> None:
     module, tensor_name = owner
     originals = module.parametrizations[tensor_name]
-    prefix = f"{name.rpartition('.')[0]}.parametrizations.{tensor_name}".lstrip(".")
-    names = _original_names(prefix, originals)
+    names = _original_names(name, owner)
     kinds = [type(p).__name__ for p in originals]
     missing = _missing_inverse(originals)
     if missing:
