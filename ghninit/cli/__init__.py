@@ -1,8 +1,9 @@
 """Command line of ghninit: ``python -m ghninit <command>``, one module of this package per command.
 
 Each command module (:mod:`.zoo` for ``list``/``download``, :mod:`.init`, :mod:`.graph`, :mod:`.check`)
-exposes :class:`Command` entries; :data:`COMMANDS` lists them in the order ``--help`` shows them. A
-command's module is imported only when the command runs, so ``--help`` stays fast.
+exposes :class:`Command` entries; :data:`COMMANDS` lists them in the order ``--help`` shows them.
+Each entry names its module, which is imported when the parser is built (every command's
+arguments are configured then), not when ``ghninit.cli`` is imported.
 """
 
 from __future__ import annotations

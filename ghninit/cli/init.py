@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..zoo.cache import file_sha256
 from .models import ModelSpec, add_model_arguments, build_model, spec_from_args
 
 FORMATS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch"}
@@ -97,7 +97,7 @@ def write_outputs(output: Path, report_path: Path, write_state, report: dict) ->
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
             temps.append(Path(tmp))
         write_state(temps[0])
-        report = {**report, "sha256": hashlib.sha256(temps[0].read_bytes()).hexdigest()}
+        report = {**report, "sha256": file_sha256(temps[0])}
         temps[1].write_text(json.dumps(report, indent=2, default=str))
         os.replace(temps[0], output)
         os.replace(temps[1], report_path)

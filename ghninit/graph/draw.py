@@ -237,8 +237,8 @@ def draw_graph(
         fontsize=8,
         title="primitive",
     )
-    stats = graph_stats(graph)
-    summary = f"{n} nodes, {stats['edges']} edges, depth {stats['depth']}" + (
+    # as graph_stats counts them, without its all-pairs shortest paths
+    summary = f"{n} nodes, {len(graph.real_edges)} edges, depth {max(len(levels) - 1, 0)}" + (
         f"; {columns} columns, read left to right (edges between columns not drawn)" if columns > 1 else ""
     )
     ax.set_title(summary if title is None else f"{title}\n{summary}", fontsize=10)

@@ -26,9 +26,9 @@ from safetensors.torch import load_file as read_tensors
 from ..errors import GHNLoadError
 from ..ghn import GHN2, GHN3
 from ..ghn.config import check_safetensors_header, check_state_shapes, ghn_class
+from .cache import WEIGHTS_NAME
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def load_path(path: Path) -> GHN2 | GHN3:
