@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -16,7 +17,7 @@ from .ghn import GHN2, GHN3
 from .ghn.presets import DATASET_SHAPES
 from .graph.build import GHN2_RULES, build_graph
 from .graph.example_inputs import example_call
-from .report import Report
+from .report import Report, start_advice
 from .write.assign import inflate_blocks, prepare, reset_batchnorm_statistics, write
 from .write.meta import materialize, target_device
 from .write.parametrized import Inversion, leave_parametrized, through_right_inverse
@@ -167,11 +168,24 @@ def initialize(
         n_outputs=graph.n_outputs,
         skipped_families=skipped_families(module, skipped),
         tracing=graph.tracing,
+        advice=start_advice(sum(names[n][0].numel() for n in ready), post.describe() if post is not None else None),
     )
     warning = report.coverage_warning()
     if warning:
         warnings.warn(f"ghninit.initialize: {warning}", UserWarning, stacklevel=2)
+    _log_advice_once(report.advice)
     return report
+
+
+_ADVISED: set[str] = set()
+logger = logging.getLogger("ghninit")
+
+
+def _log_advice_once(advice: str | None) -> None:
+    """Log the training advice on the ``ghninit`` logger (stderr by default), once per process."""
+    if advice and advice not in _ADVISED:
+        _ADVISED.add(advice)
+        logger.warning("ghninit: %s", advice)
 
 
 def _through_parametrizations(module: nn.Module, ready: dict, materialize_on: torch.device | None) -> Inversion:

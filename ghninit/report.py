@@ -6,6 +6,23 @@ from dataclasses import dataclass, field
 
 LOW_COVERAGE = 0.5  # below this fraction of parameters predicted, initialize warns and the summary says so first
 INFLATION_RULE = "2-D kernel predicted, repeated over the T time steps and divided by T (I3D inflation)"
+TRAINING_DOCS = "docs/training-scripts.md#learning-rate-and-warmup-from-a-ghn-start"
+
+
+def start_advice(n_params_predicted: int, postprocess: str | None) -> str | None:
+    """One line on how to train from a GHN start, or ``None`` when nothing was predicted.
+
+    What it says comes from ``benchmarks/recipes.py`` (``benchmarks/results/recipes``): from a GHN
+    start, SGD at a from-scratch learning rate without warmup undid the start in its first steps,
+    while one epoch of linear warmup kept it ahead; ``postprocess="orth"`` was the better start.
+    """
+    if n_params_predicted <= 0:
+        return None
+    orth = "" if postprocess else ' and pass postprocess="orth"'
+    return (
+        "train from this start with a learning-rate warmup of at least one epoch (timm train.py: "
+        f"--warmup-epochs 1; torchvision: --lr-warmup-epochs 1){orth}; see {TRAINING_DOCS}"
+    )
 
 
 @dataclass
@@ -38,6 +55,7 @@ class Report:
         skipped_families: the skipped parameters grouped by module type and reason, largest first:
             ``(module type, reason, number of scalar parameters)``.
         tracing: how the model's graph was traced: ``"symbolic"`` or ``"example input"``.
+        advice: one line on how to train from this start (see :func:`start_advice`), or ``None``.
     """
 
     model: str
@@ -60,6 +78,7 @@ class Report:
     n_outputs: int = 1
     skipped_families: list[tuple[str, str, int]] = field(default_factory=list)
     tracing: str = "symbolic"
+    advice: str | None = None
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -126,4 +145,6 @@ class Report:
         if self.seconds:
             parts = ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items())
             lines.append(f"  time: {parts}")
+        if self.advice:
+            lines.append(f"  advice: {self.advice}")
         return "\n".join(lines)
