@@ -14,13 +14,16 @@ Attribution starts take the GHN start and put one group back to the default star
 ``ghn[classifier=default]``, ``ghn[norm=default]`` (every normalisation layer's weight and bias),
 ``ghn[weight-norms=default]`` (each conv/linear weight rescaled to the default start's norm, its
 direction kept; under BatchNorm this leaves the function unchanged and only changes the step
-size). A group whose reset removes the blow-up is where it comes from.
+size). A group whose reset removes the blow-up is where it comes from. ``ghn[output-std=default]``
+is a data-aware calibration in the spirit of LSUV (Mishkin & Matas, 2016): layer by layer in
+module order, each conv/linear/normalisation layer's weight and bias are scaled so that its
+output's standard deviation on the first batch equals the default start's, keeping the predicted
+directions.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -31,15 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune.recipes import RECIPES, apply_start, build_model, make_optimizer  # noqa: E402
+from finetune.recipes import RECIPES, make_optimizer  # noqa: E402
+from finetune.starts import NORMS, classifier_of, make_start  # noqa: E402
 
-NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 GROUPS = ("weights", "norm", "classifier")
-
-
-def classifier_of(model: nn.Module) -> nn.Linear:
-    """The last ``nn.Linear`` in module order (timm's ``fc`` / ``head``)."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
 
 
 def groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -58,34 +56,6 @@ def groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 def _norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.sqrt(sum((t.detach().float() ** 2).sum() for t in tensors))) if tensors else 0.0
-
-
-def make_start(arch: str, start: str, ghn: Any) -> nn.Module:
-    """A start of :func:`apply_start`, or an attribution start ``ghn[GROUP=default]``."""
-    torch.manual_seed(0)
-    model = build_model(arch)
-    if "[" not in start:
-        apply_start(model, start, ghn)
-        return model
-    base, what = start[:-1].split("[")
-    default = copy.deepcopy(model)
-    apply_start(model, base, ghn)
-    group = what.split("=")[0]
-    with torch.no_grad():
-        if group == "classifier":
-            classifier_of(model).load_state_dict(classifier_of(default).state_dict())
-        elif group == "norm":
-            for m, d in zip(model.modules(), default.modules()):
-                if isinstance(m, NORMS):
-                    m.load_state_dict(d.state_dict())
-        elif group == "weight-norms":
-            head = classifier_of(model)
-            for m, d in zip(model.modules(), default.modules()):
-                if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not head:
-                    m.weight.mul_(d.weight.norm() / m.weight.norm().clamp_min(1e-12))
-        else:
-            raise ValueError(f"unknown attribution group in {start!r}: classifier, norm or weight-norms")
-    return model
 
 
 def first_steps(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], recipe: str) -> list[dict[str, Any]]:
@@ -151,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="folder for first_steps.json and README.md")
     parser.add_argument("--archs", nargs="+", default=["resnet18", "vit"])
     parser.add_argument("--starts", nargs="+", default=[
-        "default", "ghn", "ghn+orth", "ghn[classifier=default]", "ghn[norm=default]", "ghn[weight-norms=default]"])
+        "default", "ghn", "ghn+orth", "ghn[classifier=default]", "ghn[norm=default]", "ghn[weight-norms=default]",
+        "ghn[output-std=default]"])
     parser.add_argument("--recipe", default="sgd-0.05", choices=list(RECIPES))
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--ghn", default="cifar10-mini")
@@ -170,7 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.steps)
     ]
     ghn = ghninit.load_ghn(args.ghn)
-    results = {arch: {s: first_steps(make_start(arch, s, ghn), batches, args.recipe) for s in args.starts} for arch in args.archs}
+    results = {
+        arch: {s: first_steps(make_start(arch, s, ghn, 0, batches[0][0])[0], batches, args.recipe) for s in args.starts}
+        for arch in args.archs
+    }
     text = f"Recipe `{args.recipe}`, {args.steps} steps of 128 CIFAR-10 training images, seed 0, GHN `{args.ghn}`.\n\n"
     text += markdown(results)
     print(text)

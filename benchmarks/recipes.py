@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune.recipes import ARCHS, RECIPES, RunSpec, train_run  # noqa: E402
+from finetune.recipes import RECIPES, RunSpec, train_run  # noqa: E402
 from finetune.runs import mean_std  # noqa: E402
+from finetune.starts import ARCHS  # noqa: E402
 
 DEFAULT_STARTS = ("default", "he", "ghn", "ghn+orth")
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO_DIR / "benchmarks"))
 import first_steps  # noqa: E402
 import recipes  # noqa: E402
 from finetune import recipes as recipe_lib  # noqa: E402
+from finetune import starts  # noqa: E402
 
 
 def _fake_cifar(n: int, seed: int) -> ImageTensors:
@@ -44,15 +45,12 @@ def test_warmup_then_cosine_schedule():
 
 def test_starts_differ_only_in_parameters_and_unknown_ones_are_refused():
     ghn = ghninit.load_ghn("cifar10-mini")
-    torch.manual_seed(0)
-    default = recipe_lib.build_model("resnet18")
-    torch.manual_seed(0)
-    model = recipe_lib.build_model("resnet18")
-    info = recipe_lib.apply_start(model, "ghn+orth", ghn)
+    default, _ = starts.make_start("resnet18", "default", ghn)
+    model, info = starts.make_start("resnet18", "ghn+orth", ghn)
     assert info["predicted_fraction"] == 1.0 and info["postprocess"].startswith("orth")
     assert not torch.equal(default.conv1.weight, model.conv1.weight)
     with pytest.raises(ValueError, match="unknown start"):
-        recipe_lib.apply_start(model, "lsuv", ghn)
+        starts.apply_start(model, "lsuv", ghn)
 
 
 def test_a_resumed_run_ends_with_the_same_numbers(tmp_path):
@@ -83,13 +81,20 @@ def test_report_table_has_mean_and_std_over_seeds(tmp_path):
 
 def test_first_steps_attribution_start_resets_only_its_group():
     ghn = ghninit.load_ghn("cifar10-mini")
-    plain = first_steps.make_start("resnet18", "ghn", ghn)
-    reset = first_steps.make_start("resnet18", "ghn[classifier=default]", ghn)
-    default = first_steps.make_start("resnet18", "default", ghn)
+    plain, _ = starts.make_start("resnet18", "ghn", ghn)
+    reset, _ = starts.make_start("resnet18", "ghn[classifier=default]", ghn)
+    default, _ = starts.make_start("resnet18", "default", ghn)
     assert torch.equal(reset.fc.weight, default.fc.weight)
     assert torch.equal(reset.conv1.weight, plain.conv1.weight)
     rows = first_steps.first_steps(reset, [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))] * 2, "sgd-0.05")
     assert len(rows) == 2 and rows[0]["classifier"]["relative_update"] > 0
+    x = torch.randn(16, 3, 32, 32)
+    calibrated, _ = starts.make_start("vit", "ghn[output-std=default]", ghn, batch=x)
+    vit_default, _ = starts.make_start("vit", "default", ghn)
+    head = starts.classifier_of
+    with torch.no_grad():
+        assert head(calibrated)(torch.ones(1, 192)).shape == (1, 10)
+        assert calibrated(x).std().item() == pytest.approx(vit_default(x).std().item(), rel=1e-3)
 
 
 def test_advice_names_warmup_and_orth_and_is_logged_once(caplog):

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import augment
-from .init import ghninit, he_init_
+from .starts import make_start
 
 
 @dataclass(frozen=True)
@@ -47,51 +47,6 @@ RECIPES: dict[str, Recipe] = {
     "sgd-0.1-w1": Recipe("sgd", 0.1, warmup_epochs=1),
     "adamw-w1": Recipe("adamw", 1e-3, warmup_epochs=1, weight_decay=0.05),
 }
-
-ARCHS = ("resnet18", "vit")
-
-
-def build_model(arch: str, num_classes: int = 10) -> nn.Module:
-    """A model as a timm user builds it for 32x32 images (its own default initialisation).
-
-    ``resnet18``: ``timm.create_model("resnet18")`` (ImageNet stem; timm zero-initialises the last
-    BatchNorm of each block). ``vit``: timm's ``VisionTransformer`` with DeiT-Tiny widths (192, 3
-    heads), 6 blocks and 8x8 patches (16 tokens and a class token), small enough to train on CPU.
-    """
-    import timm
-    from timm.models.vision_transformer import VisionTransformer
-
-    if arch == "resnet18":
-        return timm.create_model("resnet18", num_classes=num_classes)
-    if arch == "vit":
-        return VisionTransformer(
-            img_size=32, patch_size=8, embed_dim=192, depth=6, num_heads=3, num_classes=num_classes
-        )
-    raise ValueError(f"unknown architecture {arch!r}: expected one of {ARCHS}")
-
-
-def apply_start(model: nn.Module, start: str, ghn: Any) -> dict[str, Any] | None:
-    """Set the parameters of a freshly built ``model`` for ``start``; returns the report's summary.
-
-    ``default``: as built. ``he``: :func:`he_init_`. ``ghn``: ``ghninit.initialize`` with no
-    post-processing. ``ghn+NAME``: ``ghninit.initialize(..., postprocess=NAME)`` for any name
-    ``initialize`` accepts (``orth``, ``orth-he``, ...).
-    """
-    if start == "default":
-        return None
-    if start == "he":
-        he_init_(model)
-        return None
-    if start == "ghn" or start.startswith("ghn+"):
-        post = start.partition("+")[2] or None
-        report = ghninit.initialize(model, ghn=ghn, postprocess=post)
-        return {
-            "postprocess": report.postprocess,
-            "predicted_fraction": report.n_params_predicted / max(report.n_params_total, 1),
-            "advice": getattr(report, "advice", None),
-        }
-    raise ValueError(f"unknown start {start!r}: expected default, he, ghn or ghn+POSTPROCESS")
-
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # As timm does: no weight decay on biases and normalisation parameters (1-D tensors).
@@ -178,10 +133,9 @@ def train_run(
     images, labels = train.images[: spec.train_images], train.labels[: spec.train_images]
     test_images, test_labels = test.images[: spec.test_images], test.labels[: spec.test_images]
     steps_per_epoch = len(labels) // spec.batch_size
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.arch)
     t0 = time.process_time()
-    start_info = apply_start(model, spec.start, ghn)
+    calibration = train.normalize(images[: spec.batch_size]) if "[" in spec.start else None
+    model, start_info = make_start(spec.arch, spec.start, ghn, spec.seed, calibration)
     init_cpu = time.process_time() - t0
     model.train()
     opt, sched = make_optimizer(model, recipe, steps_per_epoch, spec.epochs)
