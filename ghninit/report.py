@@ -20,8 +20,9 @@ def start_advice(n_params_predicted: int, postprocess: str | None) -> str | None
         return None
     orth = "" if postprocess else ' and pass postprocess="orth"'
     return (
-        "train from this start with a learning-rate warmup of at least one epoch (timm train.py: "
-        f"--warmup-epochs 1; torchvision: --lr-warmup-epochs 1){orth}; see {TRAINING_DOCS}"
+        "train from this start with a linear learning-rate warmup of at least one epoch (timm train.py: "
+        "--warmup-epochs 1 --sched-on-updates; torchvision: --lr-warmup-epochs 1 --lr-warmup-method linear)"
+        f"{orth}; see {TRAINING_DOCS}"
     )
 
 
