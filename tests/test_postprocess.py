@@ -170,3 +170,40 @@ def test_initialize_postprocess_reports_and_is_all_or_nothing():
     with pytest.raises(ValueError, match="postprocess"):
         ghninit.initialize(fresh, ghn=ghn, postprocess="bogus")
     assert all(torch.equal(before[k], v) for k, v in snapshot(fresh).items())
+
+
+def _reference_transform(weight: torch.Tensor, noise: float, generator: torch.Generator) -> torch.Tensor:
+    """The definition, slowly: float64 (noise drawn in float32), the full row-correlation matrix, one QR per weight."""
+    mat = weight.reshape(weight.shape[0], -1).double()
+    tall = mat.T if mat.shape[0] < mat.shape[1] else mat
+    corr = torch.corrcoef(tall).flatten()
+    spread = corr[torch.isfinite(corr)].std()
+    mat = mat + noise * spread * torch.randn(mat.shape, generator=generator, dtype=torch.float32).double()
+    wide = mat.shape[0] < mat.shape[1]
+    q, r = torch.linalg.qr(mat.T if wide else mat)
+    q = q * torch.diagonal(r).sign()
+    return (q.T if wide else q).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("noise", [3e-5, 0.05])
+def test_fast_path_matches_the_definition(noise):
+    """Closed-form correlation spread, float32 QR batched by shape (float64 when ill-conditioned): within 1e-4."""
+    torch.manual_seed(0)
+    low_rank = torch.randn(32, 2) @ torch.randn(2, 72)  # rank 2: a tiled prediction's kind of weight
+    weights = {"a": torch.randn(16, 3, 3, 3), "b": torch.randn(16, 3, 3, 3), "c": torch.randn(64, 16, 1, 1),
+               "d": low_rank.reshape(32, 8, 3, 3), "e": torch.randn(10, 64)}
+    model = nn.Module()
+    for name, w in weights.items():
+        setattr(model, name, nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:]) if w.ndim == 4 else nn.Linear(64, 10))
+        getattr(model, name).weight.data.copy_(w)
+    config = Orthogonalize(noise=noise)
+    got = plan(model, config, classifier=["e.weight"])
+    generator = torch.Generator().manual_seed(config.seed)
+    for name in "abcd":
+        expected = _reference_transform(weights[name], noise, generator).float()
+        assert (got[f"{name}.weight"] - expected).abs().max().item() < 1e-4, name
+    constant_rows = torch.randn(8, 27)
+    constant_rows[3] = 1.0
+    from ghninit.write.postprocess import _correlation_spread
+    corr = torch.corrcoef(constant_rows.T.double()).flatten()
+    assert _correlation_spread(constant_rows.double()).item() == pytest.approx(corr[torch.isfinite(corr)].std().item(), rel=1e-9)

@@ -131,41 +131,101 @@ def _layers(model: nn.Module) -> list[tuple[str, int]]:
     return layers
 
 
-def _orthogonal_factor(mat: torch.Tensor) -> torch.Tensor:
-    """The semi-orthogonal factor Q of ``mat``'s QR decomposition, taken along its longer side, signs fixed by R."""
-    transposed = mat.shape[0] < mat.shape[1]
-    tall = mat.T if transposed else mat
+CONDITION_LIMIT = 1e3  # above this (lower bound of the) condition number, a float32 QR is redone in float64
+
+
+def _orthogonal_factor(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The semi-orthogonal factor Q of the QR decomposition of ``mat`` (one matrix or a batch), taken
+    along the longer side, signs fixed by R; and whether each matrix is ill-conditioned.
+
+    Ill-conditioned means that R's diagonal spans more than :data:`CONDITION_LIMIT` (e.g. a tiled
+    prediction plus tiny noise): the factor's last columns then depend on rounding, and a caller
+    working in float32 should redo that matrix in float64.
+    """
+    transposed = mat.shape[-2] < mat.shape[-1]
+    tall = mat.mT if transposed else mat
     q, r = torch.linalg.qr(tall)
-    signs = torch.diagonal(r).sign()
-    q = q * torch.where(signs == 0, torch.ones_like(signs), signs)
-    return q.T if transposed else q
+    diag = torch.diagonal(r, dim1=-2, dim2=-1)
+    bad = diag.abs().amax(-1) > CONDITION_LIMIT * diag.abs().amin(-1)
+    signs = diag.sign()
+    q = q * torch.where(signs == 0, torch.ones_like(signs), signs).unsqueeze(-2)
+    return (q.mT if transposed else q), bad
 
 
 def _correlation_spread(mat: torch.Tensor) -> torch.Tensor:
-    """Std of the correlation coefficients between the rows of ``mat`` taken tall (as the report does)."""
+    """Std of the correlation coefficients between the rows of ``mat`` taken tall (as the report does).
+
+    Equal to ``torch.corrcoef(tall).flatten().std()`` over the finite entries (constant rows have
+    no correlation), without the rows x rows matrix: with ``Z`` the centred, unit-norm rows, the
+    entries of ``Z Z^T`` sum to ``|Z^T 1|^2`` and their squares to ``|Z^T Z|_F^2``, a cols x cols
+    product.
+    """
     tall = mat.T if mat.shape[0] < mat.shape[1] else mat
-    corr = torch.corrcoef(tall).flatten()
-    corr = corr[torch.isfinite(corr)]  # constant rows have no correlation
-    return corr.std() if corr.numel() > 1 else torch.zeros((), dtype=mat.dtype)
+    centred = tall - tall.mean(dim=1, keepdim=True)
+    norms = centred.norm(dim=1)
+    keep = norms > 0
+    z = centred[keep] / norms[keep, None]
+    n = z.shape[0] ** 2
+    if n < 2:
+        return torch.zeros((), dtype=mat.dtype)
+    total = z.sum(0).square().sum()
+    squares = (z.T @ z).square().sum()
+    mean = total / n
+    return ((squares - n * mean.square()) / (n - 1)).clamp_min(0).sqrt()
 
 
-def _transform(weight: torch.Tensor, config: Orthogonalize, generator: torch.Generator) -> torch.Tensor:
-    """One square block or conv/linear weight, post-processed (float64 inside, ``weight``'s dtype out)."""
-    mat = weight.detach().reshape(weight.shape[0], -1).to(device="cpu", dtype=torch.float64)
-    rows, cols = mat.shape
-    norm = mat.norm()
+def _prepare(weight: torch.Tensor, config: Orthogonalize, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """One block as a matrix of ``dtype`` on the weight's device, with the report's noise added.
+
+    The noise is drawn in float32 on the CPU from ``generator`` whatever ``dtype`` and the device
+    are, so a float64 redo and a GPU model see the same noise as a float32 CPU run.
+    """
+    mat = weight.detach().reshape(weight.shape[0], -1).to(dtype=dtype)
+    if mat.device.type == "meta":
+        raise ValueError("cannot post-process a weight on the meta device: give its values")
     if config.noise > 0:
-        noise = torch.randn(mat.shape, generator=generator, dtype=torch.float64)
+        noise = torch.randn(mat.shape, generator=generator, dtype=torch.float32).to(device=mat.device, dtype=dtype)
         mat = mat + config.noise * _correlation_spread(mat) * noise
-    if config.orthogonal:
-        new = _orthogonal_factor(mat)  # squared Frobenius norm min(rows, cols)
-    else:
-        new = mat / mat.norm().clamp_min(1e-12) * math.sqrt(min(rows, cols))  # an orthogonal matrix's norm
+    return mat
+
+
+def _finish(new: torch.Tensor, norm: torch.Tensor, weight: torch.Tensor, config: Orthogonalize) -> torch.Tensor:
+    rows, cols = new.shape
     if config.scale == "he":
         new = new * math.sqrt(2.0 * rows / min(rows, cols))
     elif config.scale == "predicted":
         new = new * (norm / math.sqrt(min(rows, cols)))
     return new.reshape(weight.shape).to(device=weight.device, dtype=weight.dtype)
+
+
+def _transform_all(blocks: list[torch.Tensor], config: Orthogonalize, generator: torch.Generator) -> list[torch.Tensor]:
+    """Post-process square blocks / conv-linear weights.
+
+    Float32 (float64 weights stay float64), with the QRs of same-shaped blocks run as one batch; a
+    block whose QR is ill-conditioned is redone from its weight in float64 with the same noise, so
+    every result matches the float64 definition.
+    """
+    fast = torch.float64 if any(w.dtype == torch.float64 for w in blocks) else torch.float32
+    states, mats = [], []
+    for w in blocks:  # noise drawn in layer order, as the float64 definition does
+        states.append(generator.get_state())
+        mats.append(_prepare(w, config, generator, fast))
+    norms = [w.detach().reshape(w.shape[0], -1).double().norm() for w in blocks]
+    if not config.orthogonal:
+        new = [m / m.norm().clamp_min(1e-12) * math.sqrt(min(m.shape)) for m in mats]  # an orthogonal matrix's norm
+        return [_finish(n, norm, w, config) for n, norm, w in zip(new, norms, blocks)]
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, mat in enumerate(mats):
+        by_shape.setdefault(tuple(mat.shape), []).append(i)
+    new: list[torch.Tensor] = [None] * len(mats)  # type: ignore[no-redef]
+    for indices in by_shape.values():
+        qs, bad = _orthogonal_factor(torch.stack([mats[i] for i in indices]))
+        for i, q, redo in zip(indices, qs, bad.tolist()):
+            if redo and fast != torch.float64:
+                replay = torch.Generator().set_state(states[i])
+                q = _orthogonal_factor(_prepare(blocks[i], config, replay, torch.float64))[0]
+            new[i] = q  # squared Frobenius norm min(rows, cols)
+    return [_finish(n, norm, w, config) for n, norm, w in zip(new, norms, blocks)]
 
 
 def plan(
@@ -200,6 +260,7 @@ def plan(
     params = dict(model.named_parameters())
     generator = torch.Generator().manual_seed(config.seed)
     out: dict[str, torch.Tensor] = {}
+    pending: list[tuple[str, int, torch.Tensor]] = []  # (name, number of blocks, value)
     for number, (name, blocks) in enumerate(layers, start=1):
         if wanted is not None and name not in wanted:
             continue
@@ -218,9 +279,12 @@ def plan(
             mat = value.reshape(value.shape[0], -1)
             out[name] = value * (math.sqrt(2.0 * mat.shape[0]) / mat.norm().clamp_min(1e-12))
             continue
-        parts = value.chunk(blocks, dim=0) if blocks > 1 else (value,)
-        out[name] = torch.cat([_transform(part, config, generator) for part in parts], dim=0)
-    return out
+        pending.append((name, blocks, value))
+    parts = [part for _, blocks, value in pending for part in (value.chunk(blocks, dim=0) if blocks > 1 else (value,))]
+    done = iter(_transform_all(parts, config, generator))
+    for name, blocks, _ in pending:
+        out[name] = torch.cat([next(done) for _ in range(blocks)], dim=0)
+    return {name: out[name] for name, _ in layers if name in out}
 
 
 @torch.no_grad()
