@@ -86,6 +86,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
     parser.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=0.0,
+        help="linear learning-rate warmup per step over this many epochs, then cosine (default: 0, none)",
+    )
+    parser.add_argument(
         "--test-limit",
         type=int,
         default=None,
@@ -129,8 +135,9 @@ def train(
     seed: int,
     eval_epochs: Sequence[int],
     desc: str,
+    warmup_epochs: float = 0.0,
 ) -> dict[str, Any]:
-    """Train with SGD and a per-step cosine schedule; evaluate after each epoch in ``eval_epochs``.
+    """Train with SGD and a per-step cosine schedule (after an optional linear warmup); evaluate after each epoch in ``eval_epochs``.
 
     The data order and augmentation come from a generator seeded with ``seed``, so the He and GHN
     runs of a seed see the same batches. A non-finite loss stops training (``diverged``); the
@@ -142,7 +149,16 @@ def train(
     """
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
     steps = epochs * math.ceil(len(images) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    warmup = int(round(warmup_epochs * math.ceil(len(images) / batch_size)))
+    if warmup:
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(steps - warmup, 1), 1.0)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    else:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     generator = torch.Generator().manual_seed(seed)
     curve: dict[str, list] = {"epochs": [], "values": []}
     losses: list[float] = []
@@ -218,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "test_images": len(test_index),
         "eval_every": args.eval_every,
     }
+    if args.warmup_epochs:  # only then, so runs made before the option existed still match
+        protocol["warmup_epochs"] = args.warmup_epochs
 
     def make_model(arch: str, init: str, seed: int) -> tuple[nn.Module, Any]:
         torch.manual_seed(seed)
@@ -232,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         labels = torch.tensor([train_set.labels[i] for i in split.train])
         fit = torch.tensor([row[i] for i in split.fit])
         val = torch.tensor([row[i] for i in split.val])
-        common = {"momentum": args.momentum, "batch_size": args.batch_size, "seed": seed}
+        common = {"momentum": args.momentum, "batch_size": args.batch_size, "seed": seed, "warmup_epochs": args.warmup_epochs}
         grid = []
         candidates = list(itertools.product(args.lrs, args.wds))
         if len(candidates) > 1:
