@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from finetune.data import augment, few_shot_split, load_cifar10, normalize
 from finetune.init import initialise, report_summary, resolve_ghn, same_task_warning
 from finetune.models import CIFAR_ARCHS, available_archs, build_classifier
+from finetune.recipes import warmup_cosine  # noqa: E402
 from finetune.runs import add_common_args, fill_defaults, progress, run_benchmark
 
 FULL = {
@@ -151,12 +152,7 @@ def train(
     steps = epochs * math.ceil(len(images) / batch_size)
     warmup = int(round(warmup_epochs * math.ceil(len(images) / batch_size)))
     if warmup:
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(steps - warmup, 1), 1.0)))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
     else:
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     generator = torch.Generator().manual_seed(seed)

@@ -55,6 +55,17 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate factor of step ``step``: linear from ``1/warmup`` to 1 over ``warmup`` steps, then cosine to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+    return factor
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int, epochs: int):
     """The optimiser and a per-step scheduler: linear warmup over ``warmup_epochs``, then cosine to 0."""
     groups = _param_groups(model, recipe.weight_decay)
@@ -65,15 +76,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int, epoch
     else:
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
-    total = steps_per_epoch * epochs
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, steps_per_epoch * epochs))
 
 
 @torch.no_grad()
