@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "first_steps.json").write_text(json.dumps(results, indent=1))
-        (out / "README.md").write_text("# First steps from each start\n\n" + text)
+        command = "python benchmarks/first_steps.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        (out / "README.md").write_text(f"# First steps from each start\n\n`{command}`\n\n" + text)
 
 
 if __name__ == "__main__":
