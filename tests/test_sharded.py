@@ -1,0 +1,231 @@
+"""Sharded models (FSDP2 ``fully_shard``, tensor parallel) initialised in place on 2 CPU processes (gloo).
+
+Each test spawns two ranks that build the model on the meta device, shard it, allocate it with
+``to_empty`` and call ``ghninit.initialize``; rank 0 then gathers the full tensors from the
+shards and compares them with ``initialize`` on the same model built unsharded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+import ghninit
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
+
+WORLD = 2
+TIMEOUT_S = 60  # per spawned pair; each test takes ~10-20 s on a busy 2-core machine
+TOLERANCE = 1e-6
+
+
+# --------------------------------------------------------------------------- models, built the same way twice
+
+
+def _resnet18() -> nn.Module:
+    torchvision = pytest.importorskip("torchvision")
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def _vit() -> nn.Module:
+    timm = pytest.importorskip("timm")
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10, depth=4)
+
+
+class _MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(48, 96)
+        self.down = nn.Linear(96, 48)
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.down(torch.relu(self.up(x.flatten(1)[:, :48]))))
+
+
+def _fsdp2(build, children):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    with torch.device("meta"):
+        model = build()
+    for child in children(model):
+        fully_shard(child, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model.to_empty(device="cpu")
+    return model
+
+
+def _tensor_parallel(build):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    with torch.device("meta"):
+        model = build()
+    parallelize_module(model, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+    model.to_empty(device="cpu")
+    return model
+
+
+def _full(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter gathered whole (a collective: every rank calls it)."""
+    return {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for name, p in model.named_parameters()
+    }
+
+
+# --------------------------------------------------------------------------- scenarios (run on every rank)
+
+
+def _matches_unsharded(rank: int, out: str, build, children, shard=None, **kwargs) -> None:
+    model = shard(build) if shard is not None else _fsdp2(build, children)
+    report = ghninit.initialize(model, dataset="cifar10-mini", **kwargs)
+    full = _full(model)
+    local = {n: tuple((p.to_local() if hasattr(p, "to_local") else p).shape) for n, p in model.named_parameters()}
+    result = {"report": report, "str": str(report), "local": local}
+    if rank == 0:
+        torch.manual_seed(0)
+        plain = build()
+        want = ghninit.initialize(plain, dataset="cifar10-mini", **kwargs)
+        params = dict(plain.named_parameters())
+        result["want_predicted"] = want.predicted
+        result["want_postprocessed"] = want.postprocessed
+        result["diff"] = {n: (full[n] - params[n]).abs().max().item() for n in want.predicted}
+        result["model"] = want.model
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+
+
+def _resnet18_scenario(rank: int, out: str) -> None:
+    _matches_unsharded(rank, out, _resnet18, lambda m: [m.layer1, m.layer2, m.layer3, m.layer4])
+
+
+def _vit_scenario(rank: int, out: str) -> None:
+    _matches_unsharded(rank, out, _vit, lambda m: list(m.blocks), postprocess="orth")
+
+
+def _tensor_parallel_scenario(rank: int, out: str) -> None:
+    _matches_unsharded(rank, out, _MLP, None, shard=_tensor_parallel)
+
+
+def _failure_scenario(rank: int, out: str) -> None:
+    """Rank 1 fails while staging one shard; no rank may change anything."""
+    import ghninit.write.sharded as sharded
+
+    model = _fsdp2(_resnet18, lambda m: [m.layer1, m.layer2, m.layer3, m.layer4])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.to_local().fill_(0.25)
+    before = {n: p.to_local().clone() for n, p in model.named_parameters()}
+    if rank == 1:
+        real = sharded._local_chunk
+
+        def failing(full, param):
+            if param is model.layer3[1].conv2.weight:
+                raise RuntimeError("injected failure on rank 1")
+            return real(full, param)
+
+        sharded._local_chunk = failing
+    try:
+        ghninit.initialize(model, dataset="cifar10-mini")
+        error = None
+    except Exception as err:  # noqa: BLE001 - the test inspects whatever was raised
+        error = (type(err).__name__, str(err))
+    unchanged = all(torch.equal(p.to_local(), before[n]) for n, p in model.named_parameters())
+    torch.save({"error": error, "unchanged": unchanged}, os.path.join(out, f"rank{rank}.pt"))
+
+
+# --------------------------------------------------------------------------- spawning
+
+
+def _worker(rank: int, scenario, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        scenario(rank, out)
+        dist.barrier()  # tear down together: a rank leaving gloo while its peer still works can abort the peer
+    except BaseException:
+        with open(os.path.join(out, f"rank{rank}.err"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(scenario, tmp_path) -> list[dict]:
+    """Run ``scenario`` on 2 ranks, killing both after :data:`TIMEOUT_S`; returns what each rank saved."""
+    context = mp.start_processes(
+        _worker, args=(scenario, str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{scenario.__name__} did not finish on {WORLD} ranks in {TIMEOUT_S} s")
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        errors = [(tmp_path / f"rank{r}.err") for r in range(WORLD)]
+        raise AssertionError("\n".join(e.read_text() for e in errors if e.exists())) from None
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _check_matches(ranks: list[dict]) -> None:
+    first = ranks[0]
+    assert first["want_predicted"], "the unsharded model had nothing predicted"
+    for result in ranks:
+        report = result["report"]
+        assert report.predicted == first["want_predicted"]
+        assert report.model == first["model"]  # the user's class, not FSDP's wrapper class
+        assert set(report.sharded) == set(report.predicted)
+        for name, (global_shape, local_shape, _) in report.sharded.items():
+            assert local_shape == result["local"][name] and len(global_shape) == len(local_shape)
+        assert "sharded: rank" in result["str"]
+    worst = max(first["diff"].items(), key=lambda kv: kv[1])
+    assert worst[1] <= TOLERANCE, f"'{worst[0]}' differs from the unsharded initialisation by {worst[1]}"
+
+
+def test_fsdp2_resnet18_matches_unsharded(tmp_path):
+    ranks = _spawn(_resnet18_scenario, tmp_path)
+    _check_matches(ranks)
+    report = ranks[1]["report"]
+    assert report.rank == (1, WORLD)
+    global_shape, local_shape, how = report.sharded["layer1.0.conv1.weight"]
+    assert global_shape == (64, 64, 3, 3) and local_shape == (32, 64, 3, 3) and "Shard(dim=0)" in how
+
+
+def test_fsdp2_vit_with_orth_matches_unsharded(tmp_path):
+    ranks = _spawn(_vit_scenario, tmp_path)
+    _check_matches(ranks)
+    assert ranks[0]["report"].postprocessed == ranks[0]["want_postprocessed"]
+    assert len(ranks[0]["want_postprocessed"]) > 10
+
+
+def test_tensor_parallel_linear_pair_matches_unsharded(tmp_path):
+    ranks = _spawn(_tensor_parallel_scenario, tmp_path)
+    _check_matches(ranks)
+    layout = ranks[0]["report"].sharded
+    assert layout["up.weight"][:2] == ((96, 48), (48, 48))  # column-wise: output rows split
+    assert layout["down.weight"][:2] == ((48, 96), (48, 48))  # row-wise: input columns split
+    assert layout["head.weight"][1] == (10, 48)  # not parallelised: written whole
+
+
+def test_failure_on_one_rank_changes_no_rank(tmp_path):
+    ranks = _spawn(_failure_scenario, tmp_path)
+    assert all(r["unchanged"] for r in ranks)
+    assert ranks[1]["error"] == ("RuntimeError", "injected failure on rank 1")
+    kind, message = ranks[0]["error"]
+    assert kind == "ShardedModelError" and "rank 1: RuntimeError: injected failure on rank 1" in message
