@@ -117,6 +117,22 @@ def _vit_scenario(rank: int, out: str) -> None:
 
 def _tensor_parallel_scenario(rank: int, out: str) -> None:
     _matches_unsharded(rank, out, _MLP, None, shard=_tensor_parallel)
+    # the measured alternative: rank 0 computes every full tensor and scatters the chunks
+    import ghninit.write.sharded as sharded
+
+    sharded.SCATTER_FROM = 0
+    try:
+        model = _tensor_parallel(_MLP)
+        ghninit.initialize(model, dataset="cifar10-mini", postprocess="orth")
+    finally:
+        sharded.SCATTER_FROM = None
+    scattered = _full(model)
+    model = _tensor_parallel(_MLP)
+    report = ghninit.initialize(model, dataset="cifar10-mini", postprocess="orth")
+    computed = _full(model)
+    result = torch.load(os.path.join(out, f"rank{rank}.pt"), weights_only=False)
+    result["scatter_diff"] = max((scattered[n] - computed[n]).abs().max().item() for n in report.predicted)
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
 
 
 def _failure_scenario(rank: int, out: str) -> None:
@@ -221,6 +237,7 @@ def test_tensor_parallel_linear_pair_matches_unsharded(tmp_path):
     assert layout["up.weight"][:2] == ((96, 48), (48, 48))  # column-wise: output rows split
     assert layout["down.weight"][:2] == ((48, 96), (48, 48))  # row-wise: input columns split
     assert layout["head.weight"][1] == (10, 48)  # not parallelised: written whole
+    assert all(r["scatter_diff"] == 0 for r in ranks)  # rank 0 predicting and scattering gives the same shards
 
 
 def test_failure_on_one_rank_changes_no_rank(tmp_path):

@@ -188,6 +188,12 @@ class Staged:
         return sum(v.numel() * v.element_size() for v in self.values.values())
 
 
+# The measured alternative to every rank computing every full tensor: this rank alone computes them and
+# scatters each rank its chunk (distribute_tensor(src_data_rank=...)). Used by benchmarks/sharded_memory.py
+# --scatter only: a rank failing mid-way would leave the others waiting in a scatter, so it is not the default.
+SCATTER_FROM: int | None = None
+
+
 def _local_chunk(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """This rank's chunk of ``full`` under ``param``'s placements, a copy that does not keep ``full`` alive."""
     if not is_dtensor(param):
@@ -195,7 +201,7 @@ def _local_chunk(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     # src_data_rank=None: every rank has the same full tensor, so each takes its chunk with no communication.
-    local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+    local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=SCATTER_FROM).to_local()
     shares = local.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
     return local.clone() if shares and local.numel() < full.numel() else local
 
@@ -226,16 +232,19 @@ def stage_shards(
         the staged local shards, their layout and what was post-processed.
     """
     params = dict(model.named_parameters(remove_duplicate=False))
-    order = {id(p): i for i, p in enumerate(model.parameters())}
     staged = Staged()
-    for name in sorted(ready, key=lambda n: order[id(params[n])]):
+    for name in names_in_order(model, ready):
         param = params[name]
-        full = tile(ready[name], tuple(param.shape))
-        if transform is not None:
-            new = transform(name, full)
-            if new is not None:
-                full = new
-                staged.postprocessed.append(name)
+        if SCATTER_FROM is not None and is_dtensor(param) and _world()[0] != SCATTER_FROM:
+            # torch.empty: pages never written, so the placeholder costs address space, not resident memory
+            full = torch.empty(tuple(param.shape), dtype=ready[name].dtype, device=ready[name].device)
+        else:
+            full = tile(ready[name], tuple(param.shape))
+            if transform is not None:
+                new = transform(name, full)
+                if new is not None:
+                    full = new
+                    staged.postprocessed.append(name)
         local = _local_chunk(full.contiguous(), param)
         expected = param.to_local() if is_dtensor(param) else param
         if tuple(local.shape) != tuple(expected.shape):  # pragma: no cover - DTensor's own invariant
@@ -246,6 +255,12 @@ def stage_shards(
         staged.values[name] = local.to(device=expected.device, dtype=expected.dtype)
         staged.layout[name] = (tuple(param.shape), tuple(local.shape), _describe_placements(param))
         del full, local
+    if SCATTER_FROM is not None and _world()[1] > 1:
+        import torch.distributed as dist
+
+        done = [staged.postprocessed]
+        dist.broadcast_object_list(done, src=SCATTER_FROM)
+        staged.postprocessed = done[0]
     return staged
 
 
