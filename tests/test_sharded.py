@@ -253,3 +253,50 @@ def test_failure_on_one_rank_changes_no_rank(tmp_path):
     assert ranks[1]["error"] == ("RuntimeError", "injected failure on rank 1")
     kind, message = ranks[0]["error"]
     assert kind == "ShardedModelError" and "rank 1: RuntimeError: injected failure on rank 1" in message
+
+
+# --------------------------------------------------------------------------- the meta twin, in this process
+
+
+@pytest.fixture
+def one_rank(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_meta_twin_traces_like_the_plain_model(one_rank):
+    """Tracing the FSDP2 model itself fails (FSDP<Class> wrappers, hooks); its twin gives the plain model's graph."""
+    from torch.distributed.fsdp import fully_shard
+
+    from ghninit.graph.build import build_graph
+    from ghninit.write.sharded import meta_twin
+
+    with torch.device("meta"):
+        plain, model = _resnet18(), _resnet18()
+    for stage in (model.layer1, model.layer2):
+        fully_shard(stage)
+    fully_shard(model)
+    model.to_empty(device="cpu")
+    with pytest.raises(ghninit.TraceError, match="FSDPSequential"):
+        build_graph(model)
+    twin = meta_twin(model)
+    assert type(twin).__name__ == "ResNet" and type(twin.layer1) is nn.Sequential
+    assert not twin._forward_pre_hooks and not twin.layer1._forward_hooks
+    assert all(p.is_meta and type(p) is nn.Parameter for p in twin.parameters())
+    assert [(n, p.shape) for n, p in twin.named_parameters()] == [(n, p.shape) for n, p in plain.named_parameters()]
+    assert type(model).__name__ == "FSDPResNet" and not any(p.is_meta for p in model.parameters())  # untouched
+    twin_graph, plain_graph = build_graph(twin), build_graph(plain)
+    described = [(n.name, n.primitive, n.param, n.param_shape) for n in twin_graph.nodes]
+    assert described == [(n.name, n.primitive, n.param, n.param_shape) for n in plain_graph.nodes]
+
+
+def test_meta_twin_keeps_ties():
+    from ghninit.write.sharded import meta_twin
+
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False))
+    model[1].weight = model[0].weight
+    model.append(model[1])  # a shared submodule
+    twin = meta_twin(model)
+    assert twin[1].weight is twin[0].weight and twin[2] is twin[1]
+    assert model[0].weight.device.type == "cpu"
