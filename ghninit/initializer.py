@@ -28,6 +28,7 @@ from .write.sharded import (
     commit,
     local_device,
     meta_twin,
+    reshard_fsdp,
     sharded_parameters,
     stage_shards,
 )
@@ -96,6 +97,7 @@ def initialize(
             "(dataset names a GHN; ghn is a loaded GHN, a path or a Hub repo)"
         )
     module, wrappers = unwrap(model)
+    reshard_fsdp(module)  # after a forward pass FSDP2 may hold unsharded copies; write the shards
     sharded = bool(sharded_parameters(module))
     traced, staged = module, None
     with RankAgreement() if sharded else contextlib.nullcontext():

@@ -60,6 +60,22 @@ def sharded_parameters(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if is_dtensor(p)]
 
 
+def reshard_fsdp(model: nn.Module) -> None:
+    """Put every FSDP2 module of ``model`` back in its sharded state (``FSDPModule.reshard()``).
+
+    After a forward pass FSDP2 may leave a module's parameters unsharded (the root's are by
+    default): plain tensors registered in place of the ``DTensor`` shards, freed at the next
+    reshard. Values written into those would be lost, so the shards are registered again first.
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch built without distributed
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def check_not_fsdp1(model: nn.Module) -> None:
     """Refuse FSDP1 (``FullyShardedDataParallel``), whose flat shards have no per-parameter global view.
 
