@@ -187,6 +187,16 @@ def _failure_scenario(rank: int, out: str) -> None:
     torch.save({"error": error, "unchanged": unchanged}, os.path.join(out, f"rank{rank}.pt"))
 
 
+def _dcp_scenario(rank: int, out: str) -> None:
+    """``python -m ghninit init ... --format dcp`` as torchrun would run it on 2 ranks."""
+    from ghninit.__main__ import main
+
+    os.environ["WORLD_SIZE"] = str(WORLD)
+    folder = os.path.join(out, "r18.dcp")
+    status = main(["init", "torchvision:resnet18", "--num-classes", "10", "-o", folder, "--format", "dcp"])
+    _save(rank, out, {"status": status})
+
+
 # --------------------------------------------------------------------------- spawning
 
 
@@ -274,6 +284,47 @@ def test_failure_on_one_rank_changes_no_rank(tmp_path):
     assert ranks[1]["error"] == ("RuntimeError", "injected failure on rank 1")
     kind, message = ranks[0]["error"]
     assert kind == "ShardedModelError" and "rank 1: RuntimeError: injected failure on rank 1" in message
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_init_cli_writes_a_sharded_dcp_checkpoint(tmp_path):
+    import json
+
+    import torch.distributed.checkpoint as dcp
+
+    ranks = _spawn(_dcp_scenario, tmp_path)
+    assert [r["status"] for r in ranks] == [0, 0]
+    summary = json.loads((tmp_path / "r18.dcp.json").read_text())
+    assert summary["format"] == "dcp" and summary["world_size"] == WORLD
+    assert not list(tmp_path.glob(".r18.dcp.*"))  # no temporary folder left
+    loaded = _resnet18()
+    state = loaded.state_dict()
+    dcp.load(state, checkpoint_id=str(tmp_path / "r18.dcp"))  # one process reads both ranks' shards
+    plain = _resnet18()
+    report = ghninit.initialize(plain, dataset="cifar10-mini")
+    assert summary["report"]["predicted"] == report.predicted
+    want = dict(plain.named_parameters())
+    assert max((state[n] - want[n]).abs().nan_to_num(float("inf")).max().item() for n in report.predicted) <= TOLERANCE
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_init_cli_dcp_in_one_process(tmp_path, monkeypatch):
+    import torch.distributed.checkpoint as dcp
+
+    from ghninit.__main__ import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    out = tmp_path / "r18.dcp"
+    args = ["init", "torchvision:resnet18", "--num-classes", "10", "-o", str(out), "--format", "dcp"]
+    assert main(args) == 0
+    assert main(args) == 2  # exists: refused without --force
+    assert main([*args, "--force"]) == 0
+    state = _resnet18().state_dict()
+    dcp.load(state, checkpoint_id=str(out))
+    plain = _resnet18()
+    report = ghninit.initialize(plain, dataset="cifar10-mini")
+    want = dict(plain.named_parameters())
+    assert max((state[n] - want[n]).abs().max().item() for n in report.predicted) <= TOLERANCE
 
 
 # --------------------------------------------------------------------------- the meta twin, in this process
