@@ -199,10 +199,6 @@ class Staged:
     layout: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = field(default_factory=dict)
     postprocessed: list[str] = field(default_factory=list)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for v in self.values.values())
-
 
 # The measured alternative to every rank computing every full tensor: this rank alone computes them and
 # scatters each rank its chunk (distribute_tensor(src_data_rank=...)). Used by benchmarks/sharded_memory.py
