@@ -53,8 +53,11 @@ def initialize(
         model: any ``nn.Module`` (traced by torch.fx, with an example input where needed; see
             ``example_inputs`` and ``leaf_modules``); a ``torch.compile``,
             ``DataParallel`` or ``DistributedDataParallel`` wrapper is looked through (the module
-            inside is initialised; it owns the same parameters). Sharded models (FSDP) are refused:
-            initialise before wrapping.
+            inside is initialised; it owns the same parameters). A model sharded with FSDP2
+            (``fully_shard``) or tensor parallelism (``DTensor`` parameters, allocated with
+            ``to_empty``) is written in place, each rank its own shard: call ``initialize`` on every
+            rank; if any rank fails, no rank changes anything (``docs/sharded.md``). FSDP1
+            (``FullyShardedDataParallel``) is refused: initialise before wrapping.
         dataset: name of a GHN: ``"cifar10-mini"`` (shipped, no network) or a published one
             (``"imagenet"``, ``"cifar10"``, ...; see :func:`ghninit.list_ghns`). Give this or ``ghn``.
         ghn: a loaded :class:`GHN2` or :class:`GHN3`, or anything :func:`ghninit.load_ghn` accepts
