@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WORLD = 2
-TIMEOUT_S = 150  # a hang guard per spawned pair: ~8 s on an idle 2-core machine, 35 s at load average 7
+TIMEOUT_S = 150  # a hang guard per spawned pair: each took ~8 s at load average 2 on 2 cores, 35 s at 7
 TOLERANCE = 1e-6
 
 
