@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -22,6 +23,16 @@ from .write.assign import inflate_blocks, prepare, reset_batchnorm_statistics, w
 from .write.meta import materialize, target_device
 from .write.parametrized import Inversion, leave_parametrized, through_right_inverse
 from .write.postprocess import Orthogonalize, plan, resolve_postprocess
+from .write.sharded import (
+    RankAgreement,
+    check_materialized,
+    commit,
+    local_device,
+    meta_twin,
+    reshard_fsdp,
+    sharded_parameters,
+    stage_shards,
+)
 from .write.wrapped import unwrap
 from .zoo.hub import load_ghn
 
@@ -43,8 +54,11 @@ def initialize(
         model: any ``nn.Module`` (traced by torch.fx, with an example input where needed; see
             ``example_inputs`` and ``leaf_modules``); a ``torch.compile``,
             ``DataParallel`` or ``DistributedDataParallel`` wrapper is looked through (the module
-            inside is initialised; it owns the same parameters). Sharded models (FSDP) are refused:
-            initialise before wrapping.
+            inside is initialised; it owns the same parameters). A model sharded with FSDP2
+            (``fully_shard``) or tensor parallelism (``DTensor`` parameters, allocated with
+            ``to_empty``) is written in place, each rank its own shard: call ``initialize`` on every
+            rank; if any rank fails, no rank changes anything (``docs/sharded.md``). FSDP1
+            (``FullyShardedDataParallel``) is refused: initialise before wrapping.
         dataset: name of a GHN: ``"cifar10-mini"`` (shipped, no network) or a published one
             (``"imagenet"``, ``"cifar10"``, ...; see :func:`ghninit.list_ghns`). Give this or ``ghn``.
         ghn: a loaded :class:`GHN2` or :class:`GHN3`, or anything :func:`ghninit.load_ghn` accepts
@@ -87,41 +101,60 @@ def initialize(
             "(dataset names a GHN; ghn is a loaded GHN, a path or a Hub repo)"
         )
     module, wrappers = unwrap(model)
-    materialize_on = target_device(module, device)
-    post = resolve_postprocess(postprocess)
-    ghn, source = _resolve_ghn(ghn, dataset)
-    lazy = materialize_lazy(module, example_inputs, ghn_image_size(ghn))
-    graph = build_graph(
-        module,
-        leaf_modules,
-        virtual_edge_cutoff=50 if ghn.ve else 1,
-        rules=getattr(ghn, "graph_rules", GHN2_RULES),
-        example_inputs=example_inputs,
-    )
-    t_graph = time.perf_counter()
-    if keep_classifier is None:
-        predict_classifier = ghn.classifier_matches(graph)
-    else:
-        predict_classifier = not keep_classifier
-    with torch.inference_mode(False), torch.no_grad():
-        blocks = {name: block for name, (block, _) in ghn.predict_blocks(graph, predict_classifier).items()}
-        t_predict = time.perf_counter()
-        blocks, inflated = inflate_blocks(module, blocks)
-        ready = prepare(module, blocks, materialize_on)
-        if post is not None:
+    reshard_fsdp(module)  # after a forward pass FSDP2 may hold unsharded copies; write the shards
+    sharded = bool(sharded_parameters(module))
+    traced, staged = module, None
+    with RankAgreement() if sharded else contextlib.nullcontext():
+        if sharded:  # FSDP2 / tensor parallel: trace an unsharded meta twin, write each rank's shards
+            check_materialized(module)
+            traced = meta_twin(module)
+        materialize_on = _sharded_device(module, device) if sharded else target_device(module, device)
+        post = resolve_postprocess(postprocess)
+        ghn, source = _resolve_ghn(ghn, dataset)
+        lazy = materialize_lazy(traced, example_inputs, ghn_image_size(ghn))
+        graph = build_graph(
+            traced,
+            leaf_modules,
+            virtual_edge_cutoff=50 if ghn.ve else 1,
+            rules=getattr(ghn, "graph_rules", GHN2_RULES),
+            example_inputs=example_inputs,
+        )
+        t_graph = time.perf_counter()
+        if keep_classifier is None:
+            predict_classifier = ghn.classifier_matches(graph)
+        else:
+            predict_classifier = not keep_classifier
+        with torch.inference_mode(False), torch.no_grad():
+            blocks = {name: block for name, (block, _) in ghn.predict_blocks(graph, predict_classifier).items()}
+            t_predict = time.perf_counter()
+            blocks, inflated = inflate_blocks(traced, blocks)
+            ready = prepare(traced, blocks, materialize_on)
             classifier = [graph.nodes[i].param for i in graph.classifier if i is not None]
-            post_done = plan(module, post, values=ready, only=ready, classifier=classifier[:1] or None)
-            ready.update(post_done)
-        inversion = _through_parametrizations(module, ready, materialize_on)
-        ready = inversion.ready
-        materialized = materialize(module, materialize_on, ready) if materialize_on else {}
-        if not materialize_on:
-            try:
-                write(module, ready)
-            except BaseException:
-                inversion.undo()
-                raise
-        inversion.commit()
+            if sharded:
+                inversion = leave_parametrized(
+                    traced, ready, "parametrized weight of a sharded model: not written through right_inverse"
+                )
+                ready = inversion.ready
+                staged = stage_shards(module, ready, _sharded_postprocess(traced, post, classifier))
+                post_done = staged.postprocessed
+                materialized = {}
+            else:
+                if post is not None:
+                    post_done = plan(module, post, values=ready, only=ready, classifier=classifier[:1] or None)
+                    ready.update(post_done)
+                inversion = _through_parametrizations(module, ready, materialize_on)
+                ready = inversion.ready
+                materialized = materialize(module, materialize_on, ready) if materialize_on else {}
+                if not materialize_on:
+                    try:
+                        write(module, ready)
+                    except BaseException:
+                        inversion.undo()
+                        raise
+                inversion.commit()
+    with torch.inference_mode(False), torch.no_grad():
+        if staged is not None:  # every rank staged its shards: now, and only now, write them
+            commit(module, staged)
         reset_batchnorm_statistics(module)
     end = time.perf_counter()
 
@@ -143,7 +176,7 @@ def initialize(
     params = dict(module.named_parameters())
     skipped = {name: why for name, why in skipped.items() if name in params}  # parametrized names: their originals
     report = Report(
-        model=type(module).__name__,
+        model=type(traced).__name__,
         ghn=source,
         predicted=list(ready),
         n_params_predicted=sum(names[n][0].numel() for n in ready),
@@ -161,7 +194,7 @@ def initialize(
         },
         shared={n: [a for a in names[n][1] if a != n] for n in ready if len(names[n][1]) > 1},
         wrappers=wrappers,
-        materialized_on=str(materialize_on) if materialize_on else None,
+        materialized_on=str(materialize_on) if materialize_on and not sharded else None,
         inflated=[n for n in inflated if n in ready or n in inversion.written_through],
         parametrized=inversion.written_through,
         lazy=lazy,
@@ -169,6 +202,8 @@ def initialize(
         skipped_families=skipped_families(module, skipped),
         tracing=graph.tracing,
         advice=start_advice(sum(names[n][0].numel() for n in ready), post.describe() if post is not None else None),
+        sharded=dict(staged.layout) if staged is not None else {},
+        rank=_rank() if staged is not None else None,
     )
     warning = report.coverage_warning()
     if warning:
@@ -186,6 +221,43 @@ def _log_advice_once(advice: str | None) -> None:
     if advice and advice not in _ADVISED:
         _ADVISED.add(advice)
         logger.warning("ghninit: %s", advice)
+
+
+def _sharded_device(module: nn.Module, device: str | torch.device | None) -> torch.device:
+    """Where a sharded model's local shards live; ``device`` must be that or ``None``."""
+    local = local_device(module)
+    if device is not None and torch.device(device) != local:
+        raise ValueError(
+            f"device={device!r}: {type(module).__name__} is sharded and its local shards are on {local}; device= is "
+            "for models built on the meta device. Fix: leave device= out (allocate the shards with "
+            "model.to_empty(device=...) before initialize)."
+        )
+    return local
+
+
+def _sharded_postprocess(
+    traced: nn.Module, post: Orthogonalize | None, classifier: list[str]
+) -> Callable[[str, torch.Tensor], torch.Tensor | None] | None:
+    """Post-processing of one full predicted tensor at a time, with the noise stream of one ``plan`` over all."""
+    if post is None:
+        return None
+    generator = torch.Generator().manual_seed(post.seed)
+
+    def one(name: str, full: torch.Tensor) -> torch.Tensor | None:
+        done = plan(
+            traced, post, values={name: full}, only=[name], classifier=classifier[:1] or None, generator=generator
+        )
+        return done.get(name)
+
+    return one
+
+
+def _rank() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _through_parametrizations(module: nn.Module, ready: dict, materialize_on: torch.device | None) -> Inversion:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 LOW_COVERAGE = 0.5  # below this fraction of parameters predicted, initialize warns and the summary says so first
@@ -57,6 +58,9 @@ class Report:
             ``(module type, reason, number of scalar parameters)``.
         tracing: how the model's graph was traced: ``"symbolic"`` or ``"example input"``.
         advice: one line on how to train from this start (see :func:`start_advice`), or ``None``.
+        sharded: for a sharded model (FSDP2, tensor parallel), parameter name -> (global shape,
+            this rank's local shape, placements) of every tensor this rank wrote its shard of.
+        rank: ``(rank, world size)`` of the process that wrote ``sharded``, else ``None``.
     """
 
     model: str
@@ -80,6 +84,8 @@ class Report:
     skipped_families: list[tuple[str, str, int]] = field(default_factory=list)
     tracing: str = "symbolic"
     advice: str | None = None
+    sharded: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = field(default_factory=dict)
+    rank: tuple[int, int] | None = None
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -123,6 +129,13 @@ class Report:
             lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
         if self.wrappers:
             lines.append(f"  inside {' > '.join(self.wrappers)}: the wrapped module was initialised")
+        if self.sharded:
+            local = sum(math.prod(shape) for _, shape, _ in self.sharded.values())
+            where = f"rank {self.rank[0]} of {self.rank[1]}" if self.rank else "this rank"
+            lines.append(
+                f"  sharded: {where} wrote its local shards of {len(self.sharded)} tensors ({local:,} values; "
+                "report.sharded has each global and local shape)"
+            )
         if self.materialized_on:
             lines.append(f"  materialised from the meta device on {self.materialized_on}")
         if self.lazy:

@@ -199,6 +199,7 @@ def _wrapped_matches_plain(ghn, wrap):
     assert report.model == "ResNet" and report.n_tensors_predicted == 62
     assert not any(name.startswith(("module.", "_orig_mod.")) for name in report.predicted)
     for (name, p), q in zip(inner.named_parameters(), plain.parameters()):
+        p = p.full_tensor() if hasattr(p, "full_tensor") else p  # a DTensor (fully_shard)
         assert torch.equal(p, q), name
     return report
 
@@ -228,25 +229,36 @@ def test_distributed_data_parallel(ghn, process_group):
     assert report.wrappers == ["DistributedDataParallel"]
 
 
-def test_fsdp_is_refused_with_the_fix(ghn, process_group):
-    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+def test_fsdp1_is_refused_with_advice_that_works_for_it(ghn, process_group):
+    from torch.distributed.fsdp import FullyShardedDataParallel
 
     with pytest.warns(UserWarning, match="NO_SHARD"):  # world size 1
         fsdp1 = FullyShardedDataParallel(small_resnet(), device_id=torch.device("cpu"))
-    fsdp2 = fully_shard(small_resnet())
-    for model in (fsdp1, fsdp2, nn.DataParallel(fsdp2)):
-        with pytest.raises(ghninit.ShardedModelError, match="call ghninit.initialize.*before|first.*then wrap"):
+    for model in (fsdp1, nn.DataParallel(fsdp1)):
+        with pytest.raises(ghninit.ShardedModelError, match=r"'<root>' is FullyShardedDataParallel \(FSDP1\)") as err:
             ghninit.initialize(model, ghn=ghn)
+        assert "on the plain model before wrapping" in str(err.value) and "fully_shard" in str(err.value)
 
 
-def test_dtensor_parameters_are_refused(ghn, monkeypatch):
-    """A stand-in for tensor parallelism: any DTensor parameter is a sharded model."""
-    import ghninit.write.wrapped as wrapped
+def test_fsdp2_in_one_process_matches_plain(ghn, process_group):
+    """fully_shard over a mesh of one rank: DTensor parameters, written through the sharded path."""
+    from torch.distributed.fsdp import fully_shard
 
-    model = small_resnet()
-    monkeypatch.setattr(wrapped, "_is_dtensor", lambda t: t is model.layer2[0].conv1.weight)
-    with pytest.raises(ghninit.ShardedModelError, match="'layer2.0.conv1.weight' is a DTensor"):
+    report = _wrapped_matches_plain(ghn, fully_shard)
+    assert report.rank == (0, 1) and len(report.sharded) == 62
+    assert report.sharded["fc.weight"][:2] == ((10, 512), (10, 512))
+
+
+def test_sharded_model_still_on_meta_says_to_allocate_it(ghn, process_group):
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta"):
+        model = fully_shard(small_resnet())
+    with pytest.raises(ValueError, match=r"still on the meta device.*to_empty\(device='cpu'\)"):
         ghninit.initialize(model, ghn=ghn)
+    model.to_empty(device="cpu")
+    with pytest.raises(ValueError, match="local shards are on cpu"):
+        ghninit.initialize(model, ghn=ghn, device="meta")
 
 
 def test_meta_model_without_device_is_an_error_not_a_success(ghn):

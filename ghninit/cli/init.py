@@ -56,6 +56,12 @@ def configure_init(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="overwrite FILE and FILE.json if they exist")
     parser.add_argument("--no-meta", action="store_true", help="build the model on the CPU (not on the meta device)")
+    parser.add_argument(
+        "--format",
+        choices=("dcp",),
+        help="dcp: write FILE as a torch.distributed.checkpoint folder; under torchrun each rank initialises and saves "
+        "only its shards (docs/sharded.md)",
+    )
 
 
 def check_output(path: Path, force: bool) -> tuple[Path, str]:
@@ -144,9 +150,18 @@ def run_init(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     output = Path(args.output)
     try:
-        report_path, fmt = check_output(output, args.force)
+        if getattr(args, "format", None) == "dcp":
+            from .init_dcp import check_folder
+
+            report_path, fmt = check_folder(output, args.force), "dcp"
+        else:
+            report_path, fmt = check_output(output, args.force)
         spec = spec_from_args(args)
         _log(f"building {spec} ({spec.library}{', ' + str(spec.kwargs) if spec.kwargs else ''})")
+        if fmt == "dcp":
+            from .init_dcp import run_init_dcp
+
+            return run_init_dcp(args, spec, output, report_path)
         model, report, built_on = initialize_model(spec, args)
     except (ValueError, LookupError, FileExistsError, FileNotFoundError, TypeError, GHNLoadError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -234,6 +234,7 @@ def plan(
     values: dict[str, torch.Tensor] | None = None,
     only: Iterable[str] | None = None,
     classifier: Iterable[str] | None = None,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
     """The post-processed conv/linear weights of ``model``, computed without changing anything.
 
@@ -245,6 +246,9 @@ def plan(
         only: post-process just these parameter names (e.g. the ones a GHN predicted).
         classifier: parameter names of the classification layer, left alone; default: the last
             conv/linear layer in ``model.modules()`` order, as in the report.
+        generator: the noise's random stream (default: a new one seeded with ``config.seed``); pass
+            one generator to successive calls that each take one layer (in layer order) to get the
+            noise of a single call over all of them (a sharded model, one tensor at a time).
 
     Returns:
         parameter name -> new tensor (the parameter's shape, dtype and device), in layer order.
@@ -258,7 +262,8 @@ def plan(
     skip = set(classifier) if classifier is not None else {layers[-1][0]}
     wanted = None if only is None else set(only)
     params = dict(model.named_parameters())
-    generator = torch.Generator().manual_seed(config.seed)
+    if generator is None:
+        generator = torch.Generator().manual_seed(config.seed)
     out: dict[str, torch.Tensor] = {}
     pending: list[tuple[str, int, torch.Tensor]] = []  # (name, number of blocks, value)
     for number, (name, blocks) in enumerate(layers, start=1):
