@@ -143,6 +143,27 @@ def report_markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(records: list[dict[str, Any]], base: str = "default", starts: tuple[str, ...] = ("ghn", "ghn+orth")) -> str:
+    """Final top-1 of ``base`` and ``starts`` per (model, recipe), and whether the last start is ahead at every epoch."""
+    cells = summarise(records)
+    names = " | ".join(starts)
+    lines = [f"| model | recipe | seeds | {base} | {names} | {starts[-1]} >= {base} at every epoch (means) |",
+             "|---|---|---|" + "---:|" * (len(starts) + 1) + "---|"]
+    for arch in ARCHS:
+        for recipe in RECIPES:
+            group = [cells.get((arch, recipe, s)) for s in (base, *starts)]
+            if not all(group):
+                continue
+            epochs = min(len(v) for c in group for v in c["top1"]) - 1
+            means = [[mean_std([v[e] for v in c["top1"]])[0] for e in range(epochs + 1)] for c in group]
+            behind = [e for e in range(1, epochs + 1) if means[-1][e] < means[0][e]]
+            verdict = "yes" if not behind else "no: behind at epoch " + ", ".join(map(str, behind))
+            finals = " | ".join(_fmt([v[epochs] for v in c["top1"]]) for c in group)
+            seeds = min(len(c["seeds"]) for c in group)
+            lines.append(f"| {arch} | {recipe} | {seeds} | {finals} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records: list[dict[str, Any]], path: Path) -> None:
     """Test top-1 per epoch, mean ± std over seeds: one panel per (recipe, architecture)."""
     import matplotlib
@@ -181,7 +202,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 def report(args: argparse.Namespace) -> None:
     records = load_records(Path(args.out_dir))
-    text = report_markdown(records)
+    text = report_markdown(records) + "\nLast epoch, and whether the last start is ahead of the default at every epoch:\n\n" + summary_markdown(records)
     print(text)
     if args.md:
         md = Path(args.md)
