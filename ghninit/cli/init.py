@@ -2,7 +2,8 @@
 
 ``python -m ghninit init resnet50 -o r50.safetensors --ghn cifar10-mini`` builds the model the way
 timm's ``train.py`` builds it (``timm.create_model`` with the same ``--num-classes``,
-``--in-chans``, ``--img-size``, ``--model-kwargs``), on the meta device where it can, initialises it
+``--in-chans``, ``--model-kwargs``; ``--img-size``/``--input-size`` reach the constructor where it
+takes an image size), on the meta device where it can, initialises it
 with :func:`ghninit.initialize` and writes the whole state dict (``.safetensors`` by default,
 ``.pth``/``.pt`` with ``torch.save``) plus the report as ``FILE.json``. The file is what
 ``train.py --initial-checkpoint FILE`` (``timm.models.load_checkpoint``) and
@@ -116,26 +117,49 @@ def _log(message: str) -> None:
     print(f"ghninit: {message}", file=sys.stderr, flush=True)
 
 
+def example_image(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
+    """A ``(1, C, H, W)`` image on ``model``'s device and in its dtype (no memory on the meta device)."""
+    p = next((t for t in model.parameters() if t.is_floating_point()), None)
+    device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
+    if device.type == "meta":
+        return torch.empty((1, *input_size), device=device, dtype=dtype)
+    return torch.rand((1, *input_size), dtype=dtype, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _initialize(model: nn.Module, spec: ModelSpec, seed: int, **options):
+    """:func:`ghninit.initialize`; when tracing fails and an input size was given that the model does not record
+    (timm models record it in ``pretrained_cfg``), once more on an example image of that size."""
+    import ghninit
+
+    from ..errors import TraceError
+
+    try:
+        return ghninit.initialize(model, **options)
+    except TraceError as err:
+        if spec.input_size is None or isinstance(getattr(model, "pretrained_cfg", None), dict):
+            raise
+        _log(f"{err}".splitlines()[0] + f"; tracing on an example input of {'x'.join(map(str, spec.input_size))}")
+        torch.manual_seed(seed)  # nothing was written, but keep the same random stream for what is not predicted
+        return ghninit.initialize(model, example_inputs=example_image(model, spec.input_size), **options)
+
+
 def initialize_model(spec: ModelSpec, args: argparse.Namespace):
     """Build and initialise ``spec``; returns ``(model, report, built_on)``; meta first, the CPU when meta cannot work."""
     import ghninit
 
     keep = {"auto": None, "predict": False, "keep": True}[args.classifier]
     ghn = ghninit.load_ghn(args.ghn)
+    options = {"ghn": ghn, "keep_classifier": keep, "postprocess": args.postprocess}
     torch.manual_seed(args.seed)
     if not args.no_meta:
         model = build_model(spec, meta=True)
         try:
-            report = ghninit.initialize(
-                model, ghn=ghn, keep_classifier=keep, postprocess=args.postprocess, device="cpu"
-            )
-            return model, report, "meta"
+            return model, _initialize(model, spec, args.seed, device="cpu", **options), "meta"
         except ValueError as err:  # buffers only the constructor computes: detected before any write
             _log(f"cannot materialise {spec} from the meta device ({str(err).splitlines()[0]}); building it on the CPU")
             torch.manual_seed(args.seed)
     model = build_model(spec)
-    report = ghninit.initialize(model, ghn=ghn, keep_classifier=keep, postprocess=args.postprocess)
-    return model, report, "cpu"
+    return model, _initialize(model, spec, args.seed, **options), "cpu"
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -147,12 +171,19 @@ def run_init(args: argparse.Namespace) -> int:
         report_path, fmt = check_output(output, args.force)
         spec = spec_from_args(args)
         _log(f"building {spec} ({spec.library}{', ' + str(spec.kwargs) if spec.kwargs else ''})")
+        if spec.input_size is not None:
+            _log(spec.describe_input())
         model, report, built_on = initialize_model(spec, args)
     except (ValueError, LookupError, FileExistsError, FileNotFoundError, TypeError, GHNLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (TraceError, PredictionError) as err:
-        print(f"error: could not initialise {args.model}: {err}", file=sys.stderr)
+        hint = ""
+        if isinstance(err, TraceError) and spec.input_size is None and "example input" in str(err):
+            hint = (
+                "\nIf the model takes another input size than the example's, pass --img-size N or --input-size C H W."
+            )
+        print(f"error: could not initialise {args.model}: {err}{hint}", file=sys.stderr)
         return 1
     print(report, file=sys.stderr)
     tensors = state_dict_for_saving(model)
@@ -173,6 +204,8 @@ def run_init(args: argparse.Namespace) -> int:
         "model": str(spec),
         "library": spec.library,
         "model_kwargs": spec.kwargs,
+        "input_size": list(spec.input_size) if spec.input_size else None,
+        "input_size_keyword": spec.size_keyword,
         "built_on": built_on,
         "seed": args.seed,
         "report": dataclasses.asdict(report),
