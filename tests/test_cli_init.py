@@ -212,3 +212,45 @@ def test_img_size_is_the_example_input_of_a_model_that_only_traces_on_one(tmp_pa
     assert summary["input_size"] == [3, 16, 16] and summary["report"]["tracing"] == "example input"
     assert "fc.weight" in summary["report"]["predicted"]
     FixedSizeNet().load_state_dict(torch.load(out, weights_only=True))
+
+
+_MAIN_WITHOUT_TORCH = """
+import sys, runpy
+sys.argv = ["python -m ghninit", *sys.argv[1:]]
+try:
+    runpy.run_module("ghninit", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    print("exit", exit.code, "torch" in sys.modules, "timm" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [
+        (["--help"], 0),
+        (["init", "--help"], 0),
+        (["init", "resnet18"], 2),
+        (["init", "x", "-o", "y", "--img-size", "a"], 2),
+    ],
+)
+def test_help_and_argument_errors_do_not_import_torch(argv, status):
+    out = subprocess.run(
+        [sys.executable, "-c", _MAIN_WITHOUT_TORCH, *argv], capture_output=True, text=True, cwd=REPO_DIR, timeout=60
+    )
+    assert out.stdout.splitlines()[-1] == f"exit {status} False False", out.stdout + out.stderr
+    if status == 2:
+        assert "error:" in out.stderr
+
+
+def test_package_names_are_imported_on_first_use():
+    code = (
+        "import sys, ghninit; light = 'torch' not in sys.modules; "
+        "names = [getattr(ghninit, n).__name__ for n in ghninit.__all__]; "
+        "from ghninit import initialize, TraceError; "
+        "print(light, len(names), initialize is ghninit.initialize, ghninit.graph.build.Graph is ghninit.Graph, "
+        "sorted(ghninit.__all__) == sorted(ghninit._EXPORTS), 'initialize' in dir(ghninit))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_DIR, timeout=120)
+    assert out.stdout.split() == ["True", "17", "True", "True", "True", "True"], out.stderr
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        ghninit.no_such_name  # noqa: B018

@@ -21,12 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn as nn
-
-from ..zoo.cache import file_sha256
 from .models import ModelSpec, add_model_arguments, build_model, spec_from_args
+
+if TYPE_CHECKING:  # torch is imported when the command runs: `init --help` does without it
+    import torch
+    import torch.nn as nn
 
 FORMATS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch"}
 
@@ -90,6 +91,8 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 def write_outputs(output: Path, report_path: Path, write_state, report: dict) -> None:
     """Write the state dict (``write_state(tmp)``) and the report (with the file's sha256) to temporary files beside
     their targets, then rename both; on any failure remove the temporaries, so no target is half-written."""
+    from ..zoo.cache import file_sha256
+
     temps: list[Path] = []
     try:
         for _ in range(2):
@@ -119,6 +122,8 @@ def _log(message: str) -> None:
 
 def example_image(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
     """A ``(1, C, H, W)`` image on ``model``'s device and in its dtype (no memory on the meta device)."""
+    import torch
+
     p = next((t for t in model.parameters() if t.is_floating_point()), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
     if device.type == "meta":
@@ -129,6 +134,8 @@ def example_image(model: nn.Module, input_size: tuple[int, int, int]) -> torch.T
 def _initialize(model: nn.Module, spec: ModelSpec, seed: int, **options):
     """:func:`ghninit.initialize`; when tracing fails and an input size was given that the model does not record
     (timm models record it in ``pretrained_cfg``), once more on an example image of that size."""
+    import torch
+
     import ghninit
 
     from ..errors import TraceError
@@ -145,6 +152,8 @@ def _initialize(model: nn.Module, spec: ModelSpec, seed: int, **options):
 
 def initialize_model(spec: ModelSpec, args: argparse.Namespace):
     """Build and initialise ``spec``; returns ``(model, report, built_on)``; meta first, the CPU when meta cannot work."""
+    import torch
+
     import ghninit
 
     keep = {"auto": None, "predict": False, "keep": True}[args.classifier]
@@ -163,6 +172,8 @@ def initialize_model(spec: ModelSpec, args: argparse.Namespace):
 
 
 def run_init(args: argparse.Namespace) -> int:
+    import torch
+
     from ..errors import GHNLoadError, PredictionError, TraceError
 
     start = time.perf_counter()

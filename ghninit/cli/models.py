@@ -7,7 +7,8 @@ building costs nothing. The input size (``--img-size``/``--input-size``, as timm
 is accepted for every model: it reaches the constructor only where the constructor takes it
 (``img_size``; also torchvision's ``image_size``), and it is the size of the example input a
 model is traced on when symbolic tracing fails. An unknown name raises :class:`LookupError`
-listing the closest known names.
+listing the closest known names. torch is imported when a model is built, not with this module
+(``init --help`` does not need it).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import difflib
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn as nn
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 #: Prefixes that timm itself resolves (``hf-hub:timm/resnet50.a1_in1k``); ``timm:`` is stripped.
 _TIMM_PREFIXES = ("hf-hub", "hf_hub", "local-dir")
@@ -101,6 +103,8 @@ def build_model(spec: ModelSpec, meta: bool = False) -> nn.Module:
         LookupError: an unknown timm/torchvision name (with close matches) or callable.
         TypeError: the callable does not return an ``nn.Module``.
     """
+    import torch
+
     builder = _builder(spec)
     if meta:
         with torch.device("meta"):
@@ -182,6 +186,8 @@ def _builder(spec: ModelSpec):
     target = _callable(spec.name)
 
     def build() -> nn.Module:
+        import torch.nn as nn
+
         model = target(**spec.kwargs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"'{spec.name}' returned {type(model).__name__}, not an nn.Module")
