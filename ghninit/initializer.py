@@ -107,10 +107,13 @@ def initialize(
         t_predict = time.perf_counter()
         blocks, inflated = inflate_blocks(module, blocks)
         ready = prepare(module, blocks, materialize_on)
+        t_post = 0.0
         if post is not None:
+            t_post = time.perf_counter()
             classifier = [graph.nodes[i].param for i in graph.classifier if i is not None]
             post_done = plan(module, post, values=ready, only=ready, classifier=classifier[:1] or None)
             ready.update(post_done)
+            t_post = time.perf_counter() - t_post
         inversion = _through_parametrizations(module, ready, materialize_on)
         ready = inversion.ready
         materialized = materialize(module, materialize_on, ready) if materialize_on else {}
@@ -155,7 +158,8 @@ def initialize(
         seconds={
             "graph": t_graph - start,
             "predict": t_predict - t_graph,
-            "write": end - t_predict,
+            **({"postprocess": t_post} if post is not None else {}),
+            "write": end - t_predict - t_post,
             "total": end - start,
         },
         shared={n: [a for a in names[n][1] if a != n] for n in ready if len(names[n][1]) > 1},

@@ -86,7 +86,8 @@ def test_callable_model_and_model_kwargs(tmp_path):
         "num_classes=3",
     ]
     assert main([*args, "--postprocess", "orth"]) == 0
-    assert json.loads(out.with_name("cnn.pt.json").read_text())["report"]["postprocessed"]
+    report = json.loads(out.with_name("cnn.pt.json").read_text())["report"]
+    assert report["postprocessed"] and set(report["seconds"]) == {"graph", "predict", "postprocess", "write", "total"}
     from ghninit.training.reference_check import ExampleCNN
 
     ExampleCNN(num_classes=3, channels=8).load_state_dict(torch.load(out, weights_only=True))
