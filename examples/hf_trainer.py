@@ -90,6 +90,11 @@ def tiny_vit_config(image_size: int, num_classes: int) -> ViTConfig:
     )
 
 
+def accuracy(prediction) -> dict[str, float]:
+    """The ``compute_metrics`` of the ``Trainer``: top-1 accuracy of an ``EvalPrediction``."""
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ghn", default="cifar10-mini", help="GHN name or path (default: cifar10-mini, shipped)")
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-steps", type=int, default=20)
-    parser.add_argument("--eval-batches", type=int, default=4, help="evaluation batches (default 4)")
+    parser.add_argument("--eval-batches", type=int, default=4, help="evaluation batches, random images (default 4)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out-dir", type=Path, default=Path("runs/hf_trainer"), help="where the model is saved")
     args = parser.parse_args(argv)
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(ghninit.initialize(model, ghn=args.ghn))  # <- the only new line: before the Trainer builds the optimiser
 
     train, test = datasets_for(args.data_dir, args.image_size, args.num_classes)
-    test = torch.utils.data.Subset(test, range(min(len(test), args.eval_batches * args.batch_size)))
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))  # an ImageFolder is sorted by class
+    test = torch.utils.data.Subset(test, order[: args.eval_batches * args.batch_size].tolist())
     training_args = TrainingArguments(
         output_dir=str(args.out_dir),
         max_steps=args.max_steps,
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dataloader_pin_memory=torch.cuda.is_available(),
         seed=0,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=test)
+    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=test, compute_metrics=accuracy)
     trainer.train()
     metrics = trainer.evaluate()
 
@@ -135,7 +141,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         same = torch.equal(model(pixel_values=images).logits.cpu(), reloaded(pixel_values=images).logits)
-    print(f"steps {trainer.state.global_step}, eval_loss {metrics['eval_loss']:.3f}")
+    print(
+        f"steps {trainer.state.global_step}, eval_loss {metrics['eval_loss']:.3f}, "
+        f"eval_accuracy {metrics['eval_accuracy']:.3f}"
+    )
     print(f"saved to {saved}; reloaded with from_pretrained, same logits: {same}")
     return {**metrics, "global_step": trainer.state.global_step, "same_logits": same}
 

@@ -25,7 +25,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
 import ghninit
@@ -34,7 +34,7 @@ import ghninit
 class GHNClassifier(L.LightningModule):
     """An image classifier (any ``torchvision.models`` name) initialised by a GHN in ``configure_model``."""
 
-    def __init__(self, model: str = "resnet18", num_classes: int = 10, ghn: str = "cifar10-mini", lr: float = 0.05):
+    def __init__(self, model: str = "resnet18", num_classes: int = 10, ghn: str = "cifar10-mini", lr: float = 0.01):
         super().__init__()
         self.save_hyperparameters()
         self.net: torch.nn.Module | None = None  # built in configure_model
@@ -94,20 +94,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-steps", type=int, default=20, help="optimiser steps in all, resumed ones included")
-    parser.add_argument("--val-batches", type=int, default=4, help="validation batches (default 4)")
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--val-batches", type=int, default=4, help="validation batches, random images (default 4)")
+    parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--out-dir", type=Path, default=Path("runs/lightning"), help="where last.ckpt is written")
     parser.add_argument("--resume", type=Path, help="a Lightning checkpoint to resume from (trainer.fit(ckpt_path=))")
     args = parser.parse_args(argv)
 
     L.seed_everything(0, verbose=False)
     train, val = datasets_for(args.data_dir, args.image_size, args.num_classes)
+    order = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))  # an ImageFolder is sorted by class
+    val = Subset(val, order[: args.val_batches * args.batch_size].tolist())
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
     val_loader = DataLoader(val, batch_size=args.batch_size)
     module = GHNClassifier(args.model, args.num_classes, args.ghn, args.lr)
     trainer = L.Trainer(
         max_steps=args.max_steps,
-        limit_val_batches=args.val_batches,
         accelerator="auto",
         devices=1,
         logger=False,
