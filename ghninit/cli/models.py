@@ -161,7 +161,11 @@ def _size_keyword(spec: ModelSpec) -> str | None:
         if found or not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return found
     probe = ModelSpec(spec.library, spec.name, dict(spec.kwargs))
-    return accepted_keyword(type(build_model(probe, meta=True)), names)
+    try:
+        model = build_model(probe, meta=True)
+    except (RuntimeError, NotImplementedError, ValueError):  # a constructor that computes on its tensors
+        model = build_model(probe)
+    return accepted_keyword(type(model), names)
 
 
 def _builder(spec: ModelSpec):
