@@ -179,8 +179,6 @@ def test_initialize_postprocess_reports_and_is_all_or_nothing():
 def test_postprocessing_time_is_its_own_stage_not_part_of_write(monkeypatch):
     import time
 
-    import torchvision
-
     import ghninit.initializer as initializer
 
     def slow_plan(*args, **kwargs):
@@ -189,7 +187,7 @@ def test_postprocessing_time_is_its_own_stage_not_part_of_write(monkeypatch):
 
     monkeypatch.setattr(initializer, "plan", slow_plan)
     ghn = ghninit.load_ghn(LOCAL_FIXTURES / "ghn2_cifar10_random.safetensors")
-    report = ghninit.initialize(torchvision.models.resnet18(num_classes=10), ghn=ghn, postprocess="orth")
+    report = ghninit.initialize(make_net(), ghn=ghn, postprocess="orth")
     seconds = report.seconds
     assert list(seconds) == ["graph", "predict", "postprocess", "write", "total"]
     assert seconds["postprocess"] >= 0.3 and seconds["write"] < seconds["postprocess"] - 0.25
@@ -198,5 +196,5 @@ def test_postprocessing_time_is_its_own_stage_not_part_of_write(monkeypatch):
     assert any(line.strip().startswith(f"post-processing: {seconds['postprocess']:.3f}s") for line in lines)
     time_line = next(line for line in lines if line.strip().startswith("time:"))
     assert "postprocess" not in time_line and f"write {seconds['write']:.3f}s" in time_line
-    plain = ghninit.initialize(torchvision.models.resnet18(num_classes=10), ghn=ghn)
+    plain = ghninit.initialize(make_net(), ghn=ghn)
     assert "postprocess" not in plain.seconds and "post-processing:" not in str(plain)
