@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         if step == 1 or step % 5 == 0 or step == args.steps:
             print(f"{step:4d}  " + "".join(f"{curves[s][step - 1]:10.3f}" for s in args.starts))
     window = min(5, args.steps)
-    print(f"mean of the first / last {window} steps: " + ", ".join(
-        f"{s} {sum(c[:window]) / window:.3f} -> {sum(c[-window:]) / window:.3f}" for s, c in curves.items()
-    ))
+    print(
+        f"mean of the first / last {window} steps: "
+        + ", ".join(f"{s} {sum(c[:window]) / window:.3f} -> {sum(c[-window:]) / window:.3f}" for s, c in curves.items())
+    )
     return curves
 
 

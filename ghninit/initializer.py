@@ -130,6 +130,7 @@ def initialize(
             blocks, inflated = inflate_blocks(traced, blocks)
             ready = prepare(traced, blocks, materialize_on)
             classifier = [graph.nodes[i].param for i in graph.classifier if i is not None]
+            t_post = 0.0  # a sharded model's post-processing runs inside stage_shards, counted in write
             if sharded:
                 inversion = leave_parametrized(
                     traced, ready, "parametrized weight of a sharded model: not written through right_inverse"
@@ -140,8 +141,10 @@ def initialize(
                 materialized = {}
             else:
                 if post is not None:
+                    t_post = time.perf_counter()
                     post_done = plan(module, post, values=ready, only=ready, classifier=classifier[:1] or None)
                     ready.update(post_done)
+                    t_post = time.perf_counter() - t_post
                 inversion = _through_parametrizations(module, ready, materialize_on)
                 ready = inversion.ready
                 materialized = materialize(module, materialize_on, ready) if materialize_on else {}
@@ -189,7 +192,8 @@ def initialize(
         seconds={
             "graph": t_graph - start,
             "predict": t_predict - t_graph,
-            "write": end - t_predict,
+            **({"postprocess": t_post} if post is not None else {}),
+            "write": end - t_predict - t_post,
             "total": end - start,
         },
         shared={n: [a for a in names[n][1] if a != n] for n in ready if len(names[n][1]) > 1},

@@ -42,7 +42,8 @@ class Report:
         n_nodes: nodes in the GHN graph.
         postprocess: the post-processing applied to the predicted weights, if any.
         postprocessed: names of the parameters it changed.
-        seconds: wall time per stage (``graph``, ``predict``, ``write``) and ``total``.
+        seconds: wall time per stage (``graph``, ``predict``, ``postprocess`` when post-processing,
+            ``write``: everything else after prediction) and ``total``, their sum.
         shared: for a tied parameter (one tensor under several names), the name it was predicted
             under (its first use in graph order) -> its other names.
         wrappers: wrappers that were looked through (``OptimizedModule``, ``DataParallel``...),
@@ -157,8 +158,10 @@ class Report:
             if len(shown) > 10:
                 lines.append(f"    ... and {len(shown) - 10} more (see report.skipped)")
         if self.seconds:
-            parts = ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items())
-            lines.append(f"  time: {parts}")
+            stages = {k: v for k, v in self.seconds.items() if k != "postprocess"}
+            lines.append("  time: " + ", ".join(f"{k} {v:.3f}s" for k, v in stages.items()))
+            if "postprocess" in self.seconds:
+                lines.append(f"  post-processing: {self.seconds['postprocess']:.3f}s (in total, not in write)")
         if self.advice:
             lines.append(f"  advice: {self.advice}")
         return "\n".join(lines)

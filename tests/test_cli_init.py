@@ -86,7 +86,8 @@ def test_callable_model_and_model_kwargs(tmp_path):
         "num_classes=3",
     ]
     assert main([*args, "--postprocess", "orth"]) == 0
-    assert json.loads(out.with_name("cnn.pt.json").read_text())["report"]["postprocessed"]
+    report = json.loads(out.with_name("cnn.pt.json").read_text())["report"]
+    assert report["postprocessed"] and set(report["seconds"]) == {"graph", "predict", "postprocess", "write", "total"}
     from ghninit.training.reference_check import ExampleCNN
 
     ExampleCNN(num_classes=3, channels=8).load_state_dict(torch.load(out, weights_only=True))
@@ -133,3 +134,125 @@ def test_help_lists_every_command():
     assert out.returncode == 0
     for command in ("list", "download", "init", "graph", "check"):
         assert f"    {command} " in out.stdout, out.stdout
+
+
+class FixedSizeNet(torch.nn.Module):
+    """A CNN whose classifier fixes the input at 16 x 16 and whose forward branches on its input (no symbolic trace)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 16 * 16, num_classes)
+
+    def forward(self, x):
+        if x.dim() == 3:  # fx cannot trace a branch on a proxy
+            x = x.unsqueeze(0)
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_img_size_for_a_cnn_and_a_vit(tmp_path, capsys):
+    import timm
+    from timm.models import load_checkpoint
+
+    out = tmp_path / "r18.safetensors"
+    assert main(["init", "resnet18", "--num-classes", "10", "--img-size", "32", "-o", str(out)]) == 0
+    assert "takes no image size" in capsys.readouterr().err
+    summary = json.loads(out.with_name("r18.safetensors.json").read_text())
+    assert summary["input_size"] == [3, 32, 32] and summary["input_size_keyword"] is None
+    assert "img_size" not in summary["model_kwargs"]
+    load_checkpoint(timm.create_model("resnet18", num_classes=10), str(out))
+
+    out = tmp_path / "vit.safetensors"
+    args = ["init", "vit_tiny_patch16_224", "--num-classes", "10", "--img-size", "32", "-o", str(out)]
+    assert main(args) == 0
+    assert "passed to the constructor as img_size=32" in capsys.readouterr().err
+    summary = json.loads(out.with_name("vit.safetensors.json").read_text())
+    assert summary["input_size_keyword"] == "img_size" and summary["model_kwargs"]["img_size"] == 32
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32)
+    load_checkpoint(model, str(out))  # the 32 x 32 position embedding: (1, 1 + 2 * 2, 192)
+    assert model.pos_embed.shape == (1, 5, 192)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_input_size_sets_channels_and_the_example_input_of_timm_models():
+    import argparse
+
+    from ghninit.cli.models import add_model_arguments, build_model, spec_from_args
+    from ghninit.graph.example_inputs import infer_example_inputs
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    spec = spec_from_args(parser.parse_args(["vit_tiny_patch16_224", "--input-size", "1", "48", "32"]))
+    assert spec.kwargs == {"in_chans": 1, "img_size": (48, 32)} and spec.input_size == (1, 48, 32)
+    model = build_model(spec, meta=True)
+    assert model.patch_embed.proj.in_channels == 1
+    (image,) = infer_example_inputs(model)  # what a model is traced on when symbolic tracing fails
+    assert image.shape == (1, 1, 48, 32)
+    spec = spec_from_args(parser.parse_args(["torchvision:vit_b_16", "--img-size", "64"]))
+    assert spec.size_keyword == "image_size" and spec.kwargs == {"image_size": 64}
+    spec = spec_from_args(parser.parse_args(["test_cli_init:FixedSizeNet", "--img-size", "16"]))
+    assert spec.size_keyword is None and spec.input_size == (3, 16, 16)
+    with pytest.raises(ValueError, match="contradicts"):
+        spec_from_args(parser.parse_args(["resnet18", "--in-chans", "3", "--input-size", "1", "32", "32"]))
+    with pytest.raises(ValueError, match="contradicts"):
+        spec_from_args(parser.parse_args(["vit_tiny_patch16_224", "--img-size", "32", "--model-kwargs", "img_size=64"]))
+    with pytest.raises(ValueError, match="timm models"):
+        spec_from_args(parser.parse_args(["torchvision:resnet18", "--input-size", "1", "32", "32"]))
+    with pytest.raises(SystemExit):  # one of the two, as train.py's
+        parser.parse_args(["resnet18", "--img-size", "32", "--input-size", "3", "32", "32"])
+
+
+def test_img_size_is_the_example_input_of_a_model_that_only_traces_on_one(tmp_path, capsys):
+    out = tmp_path / "net.pt"
+    args = ["init", "test_cli_init:FixedSizeNet", "-o", str(out)]
+    assert main(args) == 1  # inferred 224 x 224 example input: the classifier does not fit
+    err = capsys.readouterr().err
+    assert "with an example input failed" in err and "--img-size" in err
+    assert main([*args, "--img-size", "16"]) == 0
+    summary = json.loads(out.with_name("net.pt.json").read_text())
+    assert summary["input_size"] == [3, 16, 16] and summary["report"]["tracing"] == "example input"
+    assert "fc.weight" in summary["report"]["predicted"]
+    FixedSizeNet().load_state_dict(torch.load(out, weights_only=True))
+
+
+_MAIN_WITHOUT_TORCH = """
+import sys, runpy
+sys.argv = ["python -m ghninit", *sys.argv[1:]]
+try:
+    runpy.run_module("ghninit", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    print("exit", exit.code, "torch" in sys.modules, "timm" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [
+        (["--help"], 0),
+        (["init", "--help"], 0),
+        (["init", "resnet18"], 2),
+        (["init", "x", "-o", "y", "--img-size", "a"], 2),
+    ],
+)
+def test_help_and_argument_errors_do_not_import_torch(argv, status):
+    out = subprocess.run(
+        [sys.executable, "-c", _MAIN_WITHOUT_TORCH, *argv], capture_output=True, text=True, cwd=REPO_DIR, timeout=60
+    )
+    assert out.stdout.splitlines()[-1] == f"exit {status} False False", out.stdout + out.stderr
+    if status == 2:
+        assert "error:" in out.stderr
+
+
+def test_package_names_are_imported_on_first_use():
+    code = "import sys, ghninit; print('torch' in sys.modules, ghninit.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_DIR, timeout=60)
+    assert out.stdout.split() == ["False", ghninit.__version__], out.stderr
+    from ghninit import TraceError, initialize
+
+    assert sorted(ghninit.__all__) == sorted(ghninit._EXPORTS) and "initialize" in dir(ghninit)
+    for name in ghninit.__all__:
+        assert getattr(ghninit, name).__name__ == name
+    assert initialize is ghninit.initialize and TraceError is ghninit.errors.TraceError
+    assert ghninit.graph.build.Graph is ghninit.Graph  # subpackages as attributes, as before
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        ghninit.no_such_name  # noqa: B018

@@ -61,7 +61,9 @@ def test_weights_become_semi_orthogonal_with_the_asked_norm(scale):
         torch.testing.assert_close(s, torch.full_like(s, gain), atol=1e-5, rtol=1e-5)
     for block in net.attn.in_proj_weight.chunk(3):  # q, k and v each orthogonal
         s = singular_values(block)
-        torch.testing.assert_close(s, torch.full_like(s, 1.0 if scale == "orthogonal" else math.sqrt(2)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            s, torch.full_like(s, 1.0 if scale == "orthogonal" else math.sqrt(2)), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_orthogonalisation_keeps_the_weights_directions():
@@ -108,7 +110,9 @@ def test_from_layer_skips_the_layers_before_it():
     before = snapshot(net)
     changed = ghninit.orthogonalize_(net, from_layer=3)  # layers: conv1 1, conv2 2, in_proj 3, out_proj 4, fc 5
     assert changed == ["attn.in_proj_weight", "attn.out_proj.weight"]
-    assert torch.equal(net.conv1.weight, before["conv1.weight"]) and torch.equal(net.conv2.weight, before["conv2.weight"])
+    assert torch.equal(net.conv1.weight, before["conv1.weight"]) and torch.equal(
+        net.conv2.weight, before["conv2.weight"]
+    )
 
 
 def test_deterministic_under_a_seed():
@@ -207,3 +211,27 @@ def test_fast_path_matches_the_definition(noise):
     from ghninit.write.postprocess import _correlation_spread
     corr = torch.corrcoef(constant_rows.T.double()).flatten()
     assert _correlation_spread(constant_rows.double()).item() == pytest.approx(corr[torch.isfinite(corr)].std().item(), rel=1e-9)
+
+
+def test_postprocessing_time_is_its_own_stage_not_part_of_write(monkeypatch):
+    import time
+
+    import ghninit.initializer as initializer
+
+    def slow_plan(*args, **kwargs):
+        time.sleep(0.3)
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(initializer, "plan", slow_plan)
+    ghn = ghninit.load_ghn(LOCAL_FIXTURES / "ghn2_cifar10_random.safetensors")
+    report = ghninit.initialize(make_net(), ghn=ghn, postprocess="orth")
+    seconds = report.seconds
+    assert list(seconds) == ["graph", "predict", "postprocess", "write", "total"]
+    assert seconds["postprocess"] >= 0.3 and seconds["write"] < seconds["postprocess"] - 0.25
+    assert math.isclose(sum(v for k, v in seconds.items() if k != "total"), seconds["total"], rel_tol=1e-9)
+    lines = str(report).splitlines()
+    assert any(line.strip().startswith(f"post-processing: {seconds['postprocess']:.3f}s") for line in lines)
+    time_line = next(line for line in lines if line.strip().startswith("time:"))
+    assert "postprocess" not in time_line and f"write {seconds['write']:.3f}s" in time_line
+    plain = ghninit.initialize(make_net(), ghn=ghn)
+    assert "postprocess" not in plain.seconds and "post-processing:" not in str(plain)

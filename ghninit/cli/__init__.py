@@ -2,14 +2,17 @@
 
 Each command module (:mod:`.zoo` for ``list``/``download``, :mod:`.init`, :mod:`.graph`, :mod:`.check`)
 exposes :class:`Command` entries; :data:`COMMANDS` lists them in the order ``--help`` shows them.
-Each entry names its module, which is imported when the parser is built (every command's
-arguments are configured then), not when ``ghninit.cli`` is imported.
+Each entry names its module, which is imported only when that command is chosen: ``main``
+configures the arguments of the command on the command line and no other, so ``--help``, argument
+errors and light commands do not pay for importing torch (command modules import it inside their
+``run_<name>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from dataclasses import dataclass
 
 
@@ -43,10 +46,14 @@ COMMANDS: list[Command] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; returns its exit code."""
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen command; returns its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)  # the top-level parser has only -h
     parser = argparse.ArgumentParser(prog="python -m ghninit", description="ghninit command line.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        command.configure(sub.add_parser(command.name, help=command.help, description=command.help))
+        command_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        if command.name == chosen:
+            command.configure(command_parser)
     args = parser.parse_args(argv)
     return next(c for c in COMMANDS if c.name == args.command).run(args)

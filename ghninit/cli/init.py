@@ -2,7 +2,8 @@
 
 ``python -m ghninit init resnet50 -o r50.safetensors --ghn cifar10-mini`` builds the model the way
 timm's ``train.py`` builds it (``timm.create_model`` with the same ``--num-classes``,
-``--in-chans``, ``--img-size``, ``--model-kwargs``), on the meta device where it can, initialises it
+``--in-chans``, ``--model-kwargs``; ``--img-size``/``--input-size`` reach the constructor where it
+takes an image size), on the meta device where it can, initialises it
 with :func:`ghninit.initialize` and writes the whole state dict (``.safetensors`` by default,
 ``.pth``/``.pt`` with ``torch.save``) plus the report as ``FILE.json``. The file is what
 ``train.py --initial-checkpoint FILE`` (``timm.models.load_checkpoint``) and
@@ -20,12 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn as nn
-
-from ..zoo.cache import file_sha256
 from .models import ModelSpec, add_model_arguments, build_model, spec_from_args
+
+if TYPE_CHECKING:  # torch is imported when the command runs: `init --help` does without it
+    import torch
+    import torch.nn as nn
 
 FORMATS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch"}
 
@@ -95,6 +97,8 @@ def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 def write_outputs(output: Path, report_path: Path, write_state, report: dict) -> None:
     """Write the state dict (``write_state(tmp)``) and the report (with the file's sha256) to temporary files beside
     their targets, then rename both; on any failure remove the temporaries, so no target is half-written."""
+    from ..zoo.cache import file_sha256
+
     temps: list[Path] = []
     try:
         for _ in range(2):
@@ -122,29 +126,64 @@ def _log(message: str) -> None:
     print(f"ghninit: {message}", file=sys.stderr, flush=True)
 
 
+def example_image(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
+    """A ``(1, C, H, W)`` image on ``model``'s device and in its dtype (no memory on the meta device)."""
+    import torch
+
+    p = next((t for t in model.parameters() if t.is_floating_point()), None)
+    device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
+    if device.type == "meta":
+        return torch.empty((1, *input_size), device=device, dtype=dtype)
+    return torch.rand((1, *input_size), dtype=dtype, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _initialize(model: nn.Module, spec: ModelSpec, seed: int, **options):
+    """:func:`ghninit.initialize`; when tracing fails and an input size was given that the model does not record
+    (timm models record it in ``pretrained_cfg``), once more on an example image of that size."""
+    import torch
+
+    import ghninit
+
+    from ..errors import TraceError
+
+    try:
+        return ghninit.initialize(model, **options)
+    except TraceError as err:
+        if spec.input_size is None or isinstance(getattr(model, "pretrained_cfg", None), dict):
+            raise
+        _log(f"{err}".splitlines()[0] + f"; tracing on an example input of {'x'.join(map(str, spec.input_size))}")
+        torch.manual_seed(seed)  # nothing was written, but keep the same random stream for what is not predicted
+        return ghninit.initialize(model, example_inputs=example_image(model, spec.input_size), **options)
+
+
 def initialize_model(spec: ModelSpec, args: argparse.Namespace):
     """Build and initialise ``spec``; returns ``(model, report, built_on)``; meta first, the CPU when meta cannot work."""
+    import torch
+
     import ghninit
 
     keep = {"auto": None, "predict": False, "keep": True}[args.classifier]
     ghn = ghninit.load_ghn(args.ghn)
+    options = {"ghn": ghn, "keep_classifier": keep, "postprocess": args.postprocess}
     torch.manual_seed(args.seed)
     if not args.no_meta:
         model = build_model(spec, meta=True)
         try:
-            report = ghninit.initialize(
-                model, ghn=ghn, keep_classifier=keep, postprocess=args.postprocess, device="cpu"
-            )
-            return model, report, "meta"
+            return model, _initialize(model, spec, args.seed, device="cpu", **options), "meta"
         except ValueError as err:  # buffers only the constructor computes: detected before any write
             _log(f"cannot materialise {spec} from the meta device ({str(err).splitlines()[0]}); building it on the CPU")
             torch.manual_seed(args.seed)
     model = build_model(spec)
-    report = ghninit.initialize(model, ghn=ghn, keep_classifier=keep, postprocess=args.postprocess)
-    return model, report, "cpu"
+    return model, _initialize(model, spec, args.seed, **options), "cpu"
 
 
 def run_init(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    logging.getLogger("ghninit").setLevel(logging.ERROR)  # the report printed below carries the advice line
+
     from ..errors import GHNLoadError, PredictionError, TraceError
 
     start = time.perf_counter()
@@ -158,6 +197,8 @@ def run_init(args: argparse.Namespace) -> int:
             report_path, fmt = check_output(output, args.force)
         spec = spec_from_args(args)
         _log(f"building {spec} ({spec.library}{', ' + str(spec.kwargs) if spec.kwargs else ''})")
+        if spec.input_size is not None:
+            _log(spec.describe_input())
         if fmt == "dcp":
             from .init_dcp import run_init_dcp
 
@@ -167,7 +208,12 @@ def run_init(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (TraceError, PredictionError) as err:
-        print(f"error: could not initialise {args.model}: {err}", file=sys.stderr)
+        hint = ""
+        if isinstance(err, TraceError) and spec.input_size is None and "example input" in str(err):
+            hint = (
+                "\nIf the model takes another input size than the example's, pass --img-size N or --input-size C H W."
+            )
+        print(f"error: could not initialise {args.model}: {err}{hint}", file=sys.stderr)
         return 1
     print(report, file=sys.stderr)
     tensors = state_dict_for_saving(model)
@@ -188,6 +234,8 @@ def run_init(args: argparse.Namespace) -> int:
         "model": str(spec),
         "library": spec.library,
         "model_kwargs": spec.kwargs,
+        "input_size": list(spec.input_size) if spec.input_size else None,
+        "input_size_keyword": spec.size_keyword,
         "built_on": built_on,
         "seed": args.seed,
         "report": dataclasses.asdict(report),
