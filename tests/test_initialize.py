@@ -290,6 +290,7 @@ def test_meta_model_uncovered_parameters_use_reset_parameters_or_a_reported_fall
             self.conv, self.gn, self.fc = nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Linear(8, 10)
             self.scale = nn.Parameter(torch.full((8,), 0.5))
             self.extra = nn.Parameter(torch.ones(4, 8))  # not on the path to the output
+            self.pos = nn.Parameter(torch.ones(1, 5, 8))  # a position embedding, not on the path either
 
         def forward(self, x):
             x = self.gn(self.conv(x)) * self.scale.view(1, -1, 1, 1)
@@ -302,6 +303,7 @@ def test_meta_model_uncovered_parameters_use_reset_parameters_or_a_reported_fall
     assert "GroupNorm.reset_parameters()" in report.skipped["gn.weight"]
     assert torch.equal(model.scale, torch.zeros(8)) and "zeros" in report.skipped["scale"]
     assert "kaiming_uniform" in report.skipped["extra"] and model.extra.abs().max() > 0
+    assert "trunc_normal" in report.skipped["pos"] and 0.005 < model.pos.std() < 0.05
     assert {"conv.weight", "conv.bias", "fc.weight", "fc.bias"} == set(report.predicted)
 
 

@@ -137,9 +137,12 @@ def _fallback(p: torch.Tensor) -> str:
     if p.dim() >= 2 and p.shape[0] > 1 and math.prod(p.shape[1:]) > 1:  # a weight matrix or kernel
         nn.init.kaiming_uniform_(p, a=math.sqrt(5))
         return prefix + "kaiming_uniform(a=sqrt(5)) as nn.Linear/Conv2d"
-    # vector-like: class tokens, positional embeddings, layer scales, biases
+    if p.dim() >= 2 and p.shape[0] == 1 and p.numel() > p.shape[-1]:  # (1, tokens, width): a position embedding
+        nn.init.trunc_normal_(p, std=0.02)
+        return prefix + "trunc_normal(std=0.02) as timm's position embeddings"
+    # vector-like: class tokens, layer scales, biases
     nn.init.zeros_(p)
-    return prefix + "zeros (token, embedding, scale or bias)"
+    return prefix + "zeros (token, scale or bias)"
 
 
 def _join(prefix: str, name: str) -> str:
