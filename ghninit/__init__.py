@@ -11,7 +11,7 @@ The package follows the data flow: :mod:`ghninit.graph` (model -> GHN graph), :m
 """
 
 from .errors import GHNLoadError, PredictionError, ShardedModelError, TraceError
-from .ghn import GHN2, GHN3
+from .ghn import GHN2, GHN3, GHNBase
 from .graph.build import Graph, Node, build_graph
 from .graph.trace import register_leaf_module
 from .initializer import initialize
@@ -23,6 +23,7 @@ from .zoo.hub import download_ghn, load_ghn
 __all__ = [
     "GHN2",
     "GHN3",
+    "GHNBase",
     "GHNLoadError",
     "Graph",
     "Node",
