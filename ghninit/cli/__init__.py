@@ -1,6 +1,6 @@
 """Command line of ghninit: ``python -m ghninit <command>``, one module of this package per command.
 
-Each command module (:mod:`.zoo` for ``list``/``download``, :mod:`.init`, :mod:`.graph`, :mod:`.check`)
+Each command module (:mod:`.zoo` for ``list``/``download``, :mod:`.init`, :mod:`.graph`, :mod:`.check`, :mod:`.train`)
 exposes :class:`Command` entries; :data:`COMMANDS` lists them in the order ``--help`` shows them.
 Each entry names its module, which is imported when the parser is built (every command's
 arguments are configured then), not when ``ghninit.cli`` is imported.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from dataclasses import dataclass
 
 
@@ -39,6 +40,7 @@ COMMANDS: list[Command] = [
     Command("init", "initialise a timm/torchvision model with a GHN and write its state dict to a file", "init"),
     Command("graph", "draw a model's GHN graph (PNG/SVG/PDF) and print its statistics", "graph"),
     Command("check", "check real GHN weights against the reference's published results", "check"),
+    Command("train", "train a GHN (GHN-2 or GHN-3) on your own ImageFolder images", "train"),
 ]
 
 
@@ -49,4 +51,5 @@ def main(argv: list[str] | None = None) -> int:
     for command in COMMANDS:
         command.configure(sub.add_parser(command.name, help=command.help, description=command.help))
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a command that relaunches itself (train --procs)
     return next(c for c in COMMANDS if c.name == args.command).run(args)

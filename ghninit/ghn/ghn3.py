@@ -195,7 +195,7 @@ class GHN3(
     # -- internals ---------------------------------------------------------------------------
 
     def _check_graph(self, graph: Graph) -> None:
-        if graph.rules is not self.graph_rules:
+        if graph.rules != self.graph_rules:  # equal, not identical: a graph may come pickled from a worker
             raise ValueError(
                 f"GHN3 needs a graph built with GHN-3 rules, got '{graph.rules.name}' rules: "
                 "use ghn.build_graph(model) or ghninit.build_graph(model, rules=ghninit.graph.build.GHN3_RULES)"
