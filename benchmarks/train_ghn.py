@@ -1,4 +1,4 @@
-"""Train a GHN: a thin caller of ``python -m ghninit train`` (same arguments, same run), kept for old commands.
+"""Train a GHN: a thin caller of ``python -m ghninit train`` (same arguments and run; ``--dataset cifar10`` by default).
 
     python benchmarks/train_ghn.py --data-dir ../shared/data/cifar10-jpeg --save-dir runs/ghn2   # = python -m ghninit train ...
 
@@ -21,6 +21,8 @@ from ghninit.cli.train import configure_train  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python benchmarks/train_ghn.py")
     configure_train(parser)
+    # old commands keep their data: CIFAR-10 (ImageFolder copy or torchvision's files) with its canonical statistics
+    parser.set_defaults(dataset="cifar10")
     args = parser.parse_args(argv)
     args.argv = ["train", *(sys.argv[1:] if argv is None else argv)]
     return args

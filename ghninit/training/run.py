@@ -193,7 +193,7 @@ def build_config(args: argparse.Namespace, data: dict | None = None) -> TrainCon
     merged = {"hid": HID, **shapes, **preset, **overrides}
     if args.max_shape:
         merged["max_shape"] = tuple(int(x) for x in args.max_shape.split(","))
-    elif args.dataset == "folder":
+    else:
         s = kernel_limit(merged["image_size"])
         c = merged["hid"] if merged.get("hypernet") == "graphormer" else 2 * HID
         merged["max_shape"] = (c, c, s, s)
