@@ -489,8 +489,6 @@ class Trainer:
             predictor = DistributedDataParallel(
                 predictor,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                # a GHN-3 step may leave a decoder unused (no positional embedding in the meta-batch)
-                find_unused_parameters=config.is_ghn3,
             )
         self.predictor = predictor
         if config.optimizer not in ("adam", "adamw"):
