@@ -141,6 +141,12 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
         "predicted parameters (no training; written to the card; 0: skip; default: 8)",
     )
     r.add_argument(
+        "--eval-images",
+        type=int,
+        default=1000,
+        help="class-balanced test/val images for that evaluation (default: 1000, as cifar10-mini's TEST figures)",
+    )
+    r.add_argument(
         "--procs",
         type=int,
         help="data-parallel processes started by this call with torchrun's launcher (gloo on CPU, nccl on "

@@ -262,7 +262,9 @@ def launch_processes(procs: int, argv: list[str]) -> int:
     return 0
 
 
-def evaluate_test_nets(ghn, config: TrainConfig, data, n_nets: int, device: torch.device, batch_size: int = 64) -> dict:
+def evaluate_test_nets(
+    ghn, config: TrainConfig, data, n_nets: int, device: torch.device, split: str = "test", batch_size: int = 64
+) -> dict:
     """Top-1 (%) on ``data`` of the first ``n_nets`` DeepNets-1M TEST networks, all parameters predicted, no training.
 
     As the GHN-2 paper evaluates: BatchNorm normalises by each test batch's statistics.
@@ -288,7 +290,7 @@ def evaluate_test_nets(ghn, config: TrainConfig, data, n_nets: int, device: torc
             top1.append(100.0 * correct / len(data))
     ghn.train(was_training)
     return {
-        "split": "test/val",
+        "split": split,
         "images": len(data),
         "networks": f"DeepNets-1M TEST 0-{n_nets - 1}",
         "top1": [round(t, 2) for t in top1],
@@ -536,7 +538,9 @@ def train(args: argparse.Namespace) -> int:
             log_file.close()
             evaluation = None
             if eval_data is not None and args.eval_nets > 0 and stopped_together:
-                evaluation = evaluate_test_nets(trainer.ghn, config, eval_data, args.eval_nets, device)
+                subset = eval_data.subset(args.eval_images)
+                split = (data_info or {}).get("eval_split") or "test"
+                evaluation = evaluate_test_nets(trainer.ghn, config, subset, args.eval_nets, device, split)
                 print(
                     f"top-1 on {evaluation['images']} {evaluation['split']} images, mean of {args.eval_nets} unseen "
                     f"DeepNets-1M TEST networks with predicted parameters: {evaluation['mean_top1']:.2f}%",
