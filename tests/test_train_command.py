@@ -110,8 +110,9 @@ def test_train_resume_load_and_initialize_resnet18(folder, tmp_path, capsys, var
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
 
+    assert ghninit.load_ghn(out).config == ghn.config  # the --save-dir loads its final/ GHN
     model = torchvision.models.resnet18(num_classes=7)
-    report = ghninit.initialize(model, ghn=str(final))
+    report = ghninit.initialize(model, ghn=str(out))
     assert report.fraction_predicted == 1.0 and report.classifier_predicted
     assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
 

@@ -37,7 +37,12 @@ def load_path(path: Path) -> GHNBase:
 
 
 def load_ghn_folder(folder: Path) -> GHNBase:
-    """Load a folder in the Hub layout with ``GHN2.from_pretrained`` (the mixin), strictly."""
+    """Load a folder in the Hub layout with ``GHN2.from_pretrained`` (the mixin), strictly.
+
+    A ``python -m ghninit train --save-dir`` folder loads its ``final/`` GHN.
+    """
+    if not (folder / CONFIG_NAME).is_file() and (folder / "final" / CONFIG_NAME).is_file():
+        folder = folder / "final"
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
     if missing:
         raise GHNLoadError(
