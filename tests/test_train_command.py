@@ -110,6 +110,12 @@ def test_train_resume_load_and_initialize_resnet18(folder, tmp_path, capsys, var
     rows = (out / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
 
+    if variant == "ghn2":  # resuming on other files says so
+        (folder / "train" / CLASSES[0] / "extra.png").write_bytes(
+            (folder / "train" / CLASSES[0] / "0.png").read_bytes()
+        )
+        assert main([*args, "--max-steps", "2", "--eval-nets", "0"]) == 0
+        assert "is not the file list this run started on" in capsys.readouterr().out
     assert ghninit.load_ghn(out).config == ghn.config  # the --save-dir loads its final/ GHN
     model = torchvision.models.resnet18(num_classes=7)
     report = ghninit.initialize(model, ghn=str(out))

@@ -437,6 +437,11 @@ def train(args: argparse.Namespace) -> int:
         trainer.load(ckpt)
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         cpu_before, wall_before = saved.get("cpu_minutes", 0.0), saved.get("wall_minutes", 0.0)
+        before = (saved.get("data") or {}).get("files_sha256")
+        if rank == 0 and data_info and before and before != data_info["files_sha256"]:
+            print(
+                f"warning: {args.data} is not the file list this run started on (sha256 {before[:12]}...)", flush=True
+            )
         if rank == 0:
             print(f"resumed from {ckpt} at step {trainer.step} ({cpu_before:.1f} CPU-minutes so far)", flush=True)
 
@@ -449,6 +454,7 @@ def train(args: argparse.Namespace) -> int:
         if rank == 0:
             state = trainer.state_dict()
             state["cpu_minutes"] = cpu_minutes()
+            state["data"] = data_info
             state["wall_minutes"] = wall_before + (time.time() - start) / 60
             save_dir.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_name(ckpt.name + f".tmp{os.getpid()}")
