@@ -122,7 +122,7 @@ def injected(ghn: ghninit.GHN2, kind: str, seed: int = 0):
         calls: list[int] = []
 
         def predict_blocks(graph, predict_classifier=True):
-            calls[:] = [len(ghn._groups(graph, predict_classifier)) // 2 + 1]  # the group to fail at
+            calls[:] = [len(ghn.decoder_groups(graph, predict_classifier)) // 2 + 1]  # the group to fail at
             return original_predict(graph, predict_classifier)
 
         def decode(*args, **kwargs):

@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "GHN2": "ghn",
     "GHN3": "ghn",
+    "GHNBase": "ghn",
     "GHNLoadError": "errors",
     "Graph": "graph.build",
     "Node": "graph.build",
@@ -42,6 +43,7 @@ _EXPORTS = {
 __all__ = [
     "GHN2",
     "GHN3",
+    "GHNBase",
     "GHNLoadError",
     "Graph",
     "Node",
@@ -61,7 +63,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .errors import GHNLoadError, PredictionError, ShardedModelError, TraceError
-    from .ghn import GHN2, GHN3
+    from .ghn import GHN2, GHN3, GHNBase
     from .graph.build import Graph, Node, build_graph
     from .graph.trace import register_leaf_module
     from .initializer import initialize

@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 
 from .errors import TraceError
-from .ghn import GHN2, GHN3
+from .ghn import GHNBase
 from .ghn.presets import DATASET_SHAPES
-from .graph.build import GHN2_RULES, build_graph
 from .graph.example_inputs import example_call
 from .report import Report, start_advice
 from .write.assign import inflate_blocks, prepare, reset_batchnorm_statistics, write
@@ -41,7 +40,7 @@ def initialize(
     model: nn.Module,
     dataset: str | None = None,
     *,
-    ghn: GHN2 | GHN3 | str | os.PathLike | None = None,
+    ghn: GHNBase | str | os.PathLike | None = None,
     keep_classifier: bool | None = None,
     leaf_modules: Iterable[type] = (),
     postprocess: bool | str | Orthogonalize | None = None,
@@ -112,13 +111,7 @@ def initialize(
         post = resolve_postprocess(postprocess)
         ghn, source = _resolve_ghn(ghn, dataset)
         lazy = materialize_lazy(traced, example_inputs, ghn_image_size(ghn))
-        graph = build_graph(
-            traced,
-            leaf_modules,
-            virtual_edge_cutoff=50 if ghn.ve else 1,
-            rules=getattr(ghn, "graph_rules", GHN2_RULES),
-            example_inputs=example_inputs,
-        )
+        graph = ghn.build_graph(traced, leaf_modules, example_inputs=example_inputs)
         t_graph = time.perf_counter()
         if keep_classifier is None:
             predict_classifier = ghn.classifier_matches(graph)
@@ -370,8 +363,8 @@ def _names_by_tensor(model: nn.Module) -> dict[str, tuple[torch.Tensor, list[str
     return {name: (p, groups[id(p)]) for name, p in tensors.items()}
 
 
-def _resolve_ghn(ghn: GHN2 | GHN3 | str | os.PathLike | None, dataset: str | None) -> tuple[GHN2 | GHN3, str]:
-    if isinstance(ghn, GHN2 | GHN3):
+def _resolve_ghn(ghn: GHNBase | str | os.PathLike | None, dataset: str | None) -> tuple[GHNBase, str]:
+    if isinstance(ghn, GHNBase):
         return ghn, getattr(ghn, "source", f"{type(ghn).__name__} instance")
     if ghn is None and dataset is None:
         raise ValueError(

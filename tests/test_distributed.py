@@ -1,4 +1,4 @@
-"""Data-parallel GHN training: 2 CPU processes (gloo, DistributedDataParallel) match one process."""
+"""Data-parallel GHN training: 2 CPU processes (gloo, DistributedDataParallel) match one process, GHN-2 and GHN-3."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from ghninit.training.trainer import TrainConfig, Trainer
 # noise into lr-sized updates (with eps=1e-8, g / sqrt(v) is +-1 for any tiny g): the comparison
 # with one process is then well conditioned. Everything else is the default training path.
 CONFIG = TrainConfig(meta_batch=2, batch_size=8, max_nodes=250, lr_steps=(1000,), epochs=1, seed=5, adam_eps=1e-3)
+# a tiny GHN-3 with its reference settings (AdamW, cosine, the norm regulariser)
+GHN3_CONFIG = TrainConfig.from_dict(
+    {**CONFIG.to_dict(), "hypernet": "graphormer", "hid": 16, "layers": 1, "heads": 4, "max_shape": (16, 16, 11, 11),
+     "optimizer": "adamw", "norm_reg": 3e-5, "schedule": "cosine"}
+)  # fmt: skip
 STEPS = 2
 
 
@@ -35,11 +40,11 @@ def _train(trainer: Trainer) -> tuple[list[float], list[dict[str, torch.Tensor]]
     return losses, states
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, config: TrainConfig) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        trainer = Trainer(CONFIG, distributed=True)
+        trainer = Trainer(config, distributed=True)
         assert trainer.world_size == world and trainer.rank == rank
         losses, states = _train(trainer)
         torch.save({"states": states, "losses": losses}, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -52,8 +57,9 @@ def _relative_update_error(got: torch.Tensor, want: torch.Tensor, start: torch.T
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_two_processes_match_one(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("config", [CONFIG, GHN3_CONFIG], ids=["ghn2", "ghn3"])
+def test_two_processes_match_one(tmp_path, config):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), config), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     # Both processes hold identical weights after every step (same averaged gradients, same steps).
     for step in range(STEPS):
@@ -64,7 +70,7 @@ def test_two_processes_match_one(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers, so that only the gradient reduction order differs
     try:
-        single = Trainer(CONFIG)
+        single = Trainer(config)
         initial = {k: v.clone() for k, v in single.ghn.state_dict().items()}
         losses, states = _train(single)
     finally:

@@ -391,3 +391,17 @@ def test_same_task_warning_names_a_ghn_trained_on_the_fine_tuning_data():
     assert "trained on cifar10 itself" in finetune_init.same_task_warning(info, "cifar10")
     assert finetune_init.same_task_warning({"source": "imagenet", "trained_on": "imagenet"}, "cifar10") is None
     assert finetune_init.same_task_warning(None, "cifar10") is None
+
+
+def test_same_task_warning_reads_the_card_of_a_trained_ghn(tmp_path):
+    """A GHN trained with `python -m ghninit train` names its data in final/training.json."""
+    from pathlib import Path
+
+    from ghninit.training.card import write_card
+    from ghninit.training.data import CIFAR10_CLASSES
+
+    write_card(tmp_path, {"data": {"name": "cifar10-jpeg", "classes": list(CIFAR10_CLASSES)}})
+    assert finetune_init.trained_on(str(tmp_path), Path(tmp_path)) == "cifar10"
+    write_card(tmp_path, {"data": {"name": "xrays", "classes": ["a", "b"]}})
+    assert finetune_init.trained_on(str(tmp_path), Path(tmp_path)) == "xrays"
+    assert finetune_init.trained_on(str(tmp_path / "nothing"), tmp_path / "nothing") is None

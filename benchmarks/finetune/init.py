@@ -59,12 +59,20 @@ def resolve_ghn(name_or_path: str) -> tuple[ghninit.GHN2, dict[str, Any]]:
         "sha256": file_sha256(weights) if weights.is_file() else None,
         "num_classes": ghn.num_classes,
         "max_shape": list(ghn.max_shape),
-        "trained_on": trained_on(name),
+        "trained_on": trained_on(name, found),
     }
 
 
-def trained_on(name: str) -> str | None:
-    """The data set a GHN was trained on, from its shipped card or its known name; None when not recorded."""
+def trained_on(name: str, found: Path | None = None) -> str | None:
+    """The data set a GHN was trained on, from its shipped card, the card ``python -m ghninit train`` wrote
+    beside it (CIFAR-10's ten classes read as ``"cifar10"``) or its known name; None when not recorded."""
+    from ghninit.training.card import read_card
+    from ghninit.training.data import CIFAR10_CLASSES
+
+    card = read_card(found) if name not in SHIPPED_GHNS and found is not None and found.exists() else None
+    if card and card.get("data"):
+        data = card["data"]
+        return "cifar10" if data.get("classes") == list(CIFAR10_CLASSES) else data.get("name")
     if name in SHIPPED_GHNS:
         return shipped_card(name).get("trained", {}).get("train_config", {}).get("dataset")
     entry = KNOWN_GHNS.get(name)

@@ -1,6 +1,6 @@
 """Command line of ghninit: ``python -m ghninit <command>``, one module of this package per command.
 
-Each command module (:mod:`.zoo` for ``list``/``download``, :mod:`.init`, :mod:`.graph`, :mod:`.check`)
+Each command module (:mod:`.zoo` for ``list``/``download``, :mod:`.init`, :mod:`.graph`, :mod:`.check`, :mod:`.train`)
 exposes :class:`Command` entries; :data:`COMMANDS` lists them in the order ``--help`` shows them.
 Each entry names its module, which is imported only when that command is chosen: ``main``
 configures the arguments of the command on the command line and no other, so ``--help``, argument
@@ -42,6 +42,7 @@ COMMANDS: list[Command] = [
     Command("init", "initialise a timm/torchvision model with a GHN and write its state dict to a file", "init"),
     Command("graph", "draw a model's GHN graph (PNG/SVG/PDF) and print its statistics", "graph"),
     Command("check", "check real GHN weights against the reference's published results", "check"),
+    Command("train", "train a GHN (GHN-2 or GHN-3) on your own ImageFolder images", "train"),
 ]
 
 
@@ -56,4 +57,5 @@ def main(argv: list[str] | None = None) -> int:
         if command.name == chosen:
             command.configure(command_parser)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a command that relaunches itself (train --procs)
     return next(c for c in COMMANDS if c.name == args.command).run(args)

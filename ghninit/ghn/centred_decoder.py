@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .decoder import channel_block, needed_rows
+
 
 def centred_window(size: int, kernel: int) -> slice:
     """Rows of an S-long axis a kernel of ``kernel`` reads: centred on S//2, clipped to the map."""
@@ -64,20 +66,13 @@ class CentredDecoder(nn.Module):
             cols.start, cols.stop, device=x.device
         )
         index = (torch.arange(self.hid[0], device=x.device)[:, None] * (size[0] * size[1]) + r.view(-1)).view(-1)
-        y = F.relu(F.linear(x, fc.weight[index], fc.bias[index])).view(n, self.hid[0], h, w).permute(0, 2, 3, 1)
+        y = needed_rows(x, fc, index).view(n, self.hid[0], h, w).permute(0, 2, 3, 1)
         y = self.conv[1](self.conv[0](y))
-        full_out, full_in = self.out_shape[:2]
-        n_out, n_in = (full_out, full_in) if channels is None else channels
+        full = self.out_shape[:2]
+        n_out, n_in = full if channels is None else channels
         if class_pred:
-            n_out = full_out
-        last = self.conv[2]
-        if (n_out, n_in) == (full_out, full_in):
-            y = last(y)
-        else:
-            keep = (torch.arange(n_out, device=x.device)[:, None] * full_in + torch.arange(n_in, device=x.device)).view(
-                -1
-            )
-            y = F.linear(y, last.weight[keep], last.bias[keep])
+            n_out = full[0]
+        y = channel_block(y, self.conv[2], full, (n_out, n_in), F.linear)
         y = y.permute(0, 3, 1, 2).reshape(n, n_out, n_in, h, w)
         if (kernel[0] > h or kernel[1] > w) and not class_pred:
             y = F.interpolate(y.flatten(0, 1), size=tuple(kernel), mode="bilinear").view(n, n_out, n_in, *kernel)

@@ -15,6 +15,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def needed_rows(x: torch.Tensor, layer: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
+    """``relu(layer(x))[:, rows]`` computing only those output rows of the first layer."""
+    return F.relu(F.linear(x, layer.weight[rows], layer.bias[rows]))
+
+
+def channel_block(y: torch.Tensor, layer: nn.Module, full: tuple[int, int], needed: tuple[int, int], op) -> torch.Tensor:
+    """The last layer (``full[0] * full[1]`` outputs, a 1x1 conv or a Linear applied by ``op``) computing
+    only the first ``needed`` out x in channels of its ``(out, in)`` block, flattened."""
+    if tuple(needed) == tuple(full):
+        return layer(y)
+    n_out, n_in = needed
+    keep = (torch.arange(n_out, device=y.device)[:, None] * full[1] + torch.arange(n_in, device=y.device)).view(-1)
+    return op(y, layer.weight[keep], layer.bias[keep])
+
+
 class ConvDecoder(nn.Module):
     """State-dict compatible with the published ``decoder.*`` keys."""
 
@@ -55,19 +70,11 @@ class ConvDecoder(nn.Module):
             h = w = 1
         rows = self._fc_rows[:, :h, :w].reshape(-1)
         fc = self.fc[0]
-        y = F.relu(F.linear(x, fc.weight[rows], fc.bias[rows])).view(n, self.hid[0], h, w)
+        y = needed_rows(x, fc, rows).view(n, self.hid[0], h, w)
         y = self.conv[1](self.conv[0](y))
-        full_out, full_in = self.out_shape[:2]
-        n_out, n_in = (full_out, full_in) if class_pred or channels is None else channels
-        last = self.conv[2]
-        if (n_out, n_in) == (full_out, full_in):
-            y = last(y)
-        else:
-            keep = (torch.arange(n_out, device=x.device)[:, None] * full_in + torch.arange(n_in, device=x.device)).view(
-                -1
-            )
-            y = F.conv2d(y, last.weight[keep], last.bias[keep])
-        y = y.view(n, n_out, n_in, h, w)
+        full = self.out_shape[:2]
+        n_out, n_in = full if class_pred or channels is None else channels
+        y = channel_block(y, self.conv[2], full, (n_out, n_in), F.conv2d).view(n, n_out, n_in, h, w)
         if class_pred:
             return self.class_layer_predictor(y[:, :, :, :, 0])[:, :, :, 0]
         return y

@@ -12,19 +12,19 @@ compatible with the published files (``SamsungSAILMontreal/ghn3``) and savable t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin
 
-from ..graph.build import GHN3_RULES, Graph, Node, build_graph
+from ..graph.build import GHN3_RULES, Graph, Node
 from ..graph.primitives import NORM_PRIMITIVES, PRIMITIVES
-from ..write.tensors import tile, weight_scale
+from ..write.tensors import weight_scale
+from .base import GHNBase
 from .centred_decoder import CentredDecoder
 from .gnn import MLP
 from .graphormer import Graphormer
-from .model import GHN2
 from .shape_encoder import ShapeEncoder
 
 CLASS_TOKEN_STD = 0.02
@@ -84,7 +84,7 @@ def _is_unscaled(shape: Sequence[int]) -> bool:
 
 
 class GHN3(
-    nn.Module,
+    GHNBase,
     PyTorchModelHubMixin,
     library_name="ghninit",
     tags=["graph-hypernetwork", "parameter-prediction", "ghn3"],
@@ -166,14 +166,6 @@ class GHN3(
             "hypernet": "graphormer",
         }
 
-    device = GHN2.device
-    embed_graph = GHN2.embed_graph
-    classifier_matches = GHN2.classifier_matches
-
-    def build_graph(self, model: nn.Module, leaf_modules: Iterable[type] = ()) -> Graph:
-        """The GHN-3 graph of ``model``."""
-        return build_graph(model, leaf_modules, virtual_edge_cutoff=50 if self.ve else 1, rules=self.graph_rules)
-
     def node_states(self, graph: Graph, predict_classifier: bool = True) -> torch.Tensor:
         """``(N, hid)`` node states after the Graphormer layers (and LayerNorm).
 
@@ -184,12 +176,6 @@ class GHN3(
         x = self.embed(graph.primitive_ids.to(self.device)) + self.shape_enc([n.shape for n in graph.nodes])
         x = self.gnn(x, adjacency_matrix(graph, self.device))
         return self.ln(x) if self.layernorm else x
-
-    def forward(self, graph: Graph, predict_classifier: bool = True) -> dict[str, torch.Tensor]:
-        """Predict every parameter the graph covers: name -> tensor of the parameter's shape."""
-        return {
-            name: tile(block, shape) for name, (block, shape) in self.predict_blocks(graph, predict_classifier).items()
-        }
 
     def decoder_groups(self, graph: Graph, predict_classifier: bool = True) -> dict[tuple[int, ...], list[int]]:
         """Node indices per :func:`decoder_key`, in node order."""
@@ -206,37 +192,10 @@ class GHN3(
                 groups.setdefault(key, []).append(i)
         return groups
 
-    def predict_blocks(
-        self, graph: Graph, predict_classifier: bool = True
-    ) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
-        """Each predicted tensor as its normalised block before tiling, with the target shape.
-
-        ``tile(block, shape)`` gives the parameter; :func:`ghninit.write.tensors.write_tiled` writes it
-        without building the full tensor. A token positional embedding gets a class-token row
-        drawn from N(0, 0.02) (torch's global generator), as in the reference.
-        """
-        states = self.node_states(graph, predict_classifier).float()
-        out: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
-        for key, indices in self.decoder_groups(graph, predict_classifier).items():
-            decoded = self._decode(key, states[indices])
-            for i, w in zip(indices, decoded):
-                self._emit(graph.nodes[i], key, w, out)
-        return out
-
-    @torch.no_grad()
-    def predict(
-        self, model: nn.Module, predict_classifier: bool | None = None, leaf_modules: Iterable[type] = ()
-    ) -> dict[str, torch.Tensor]:
-        """Predicted tensors for ``model`` without touching it (name -> tensor)."""
-        graph = self.build_graph(model, leaf_modules)
-        if predict_classifier is None:
-            predict_classifier = self.classifier_matches(graph)
-        return self(graph, predict_classifier)
-
     # -- internals ---------------------------------------------------------------------------
 
     def _check_graph(self, graph: Graph) -> None:
-        if graph.rules is not self.graph_rules:
+        if graph.rules != self.graph_rules:  # equal, not identical: a graph may come pickled from a worker
             raise ValueError(
                 f"GHN3 needs a graph built with GHN-3 rules, got '{graph.rules.name}' rules: "
                 "use ghn.build_graph(model) or ghninit.build_graph(model, rules=ghninit.graph.build.GHN3_RULES)"
@@ -250,6 +209,12 @@ class GHN3(
             w = self.decoder_1d(x).view(len(x), 2, -1)
             return self.bias_class(w) if key[1] < 0 else w
         return self.decoder(x, key[2:], channels=(min(key[0], c[0]), min(key[1], c[1])))
+
+    def _emit_group(self, key: tuple[int, ...], decoded: torch.Tensor, nodes: list, out: dict) -> None:
+        # A token positional embedding gets a class-token row drawn from N(0, 0.02) (torch's global
+        # generator), as in the reference.
+        for node, w in zip(nodes, decoded):
+            self._emit(node, key, w, out)
 
     def _emit(self, node: Node, key: tuple[int, ...], w: torch.Tensor, out: dict) -> None:
         target = node.target_shape

@@ -9,22 +9,23 @@ shapes and normalised.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from huggingface_hub import PyTorchModelHubMixin
 
-from ..graph.build import Graph, build_graph
+from ..graph.build import Graph
 from ..graph.primitives import NORM_PRIMITIVES, PRIMITIVES
-from ..write.tensors import crop, tile, weight_scale
+from ..write.tensors import crop, weight_scale
+from .base import GHNBase
 from .decoder import ConvDecoder
 from .gnn import MLP, GatedGNN, SweepPlan
 from .shape_encoder import ShapeEncoder
 
 
 class GHN2(
-    nn.Module,
+    GHNBase,
     PyTorchModelHubMixin,
     library_name="ghninit",
     tags=["graph-hypernetwork", "parameter-prediction", "ghn2"],
@@ -88,10 +89,6 @@ class GHN2(
             "hid": self.embed.embedding_dim,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.embed.weight.device
-
     def node_states(self, graph: Graph, predict_classifier: bool = True) -> torch.Tensor:
         """``(N, hid)`` node states after message passing (and LayerNorm)."""
         shapes = [node.shape for node in graph.nodes]
@@ -106,58 +103,6 @@ class GHN2(
             x = self.gnn(x)
         return self.ln(x) if self.layernorm else x
 
-    def embed_graph(self, graph: Graph) -> torch.Tensor:
-        """``(hid,)`` embedding of a whole architecture: the mean of its node states."""
-        return self.node_states(graph).mean(0)
-
-    def forward(self, graph: Graph, predict_classifier: bool = True) -> dict[str, torch.Tensor]:
-        """Predict every parameter the graph covers.
-
-        Returns:
-            parameter name -> tensor of the parameter's shape (tiled and, with ``weight_norm``,
-            normalised). The classifier is left out when ``predict_classifier`` is False.
-        """
-        return {
-            name: tile(block, shape) for name, (block, shape) in self.predict_blocks(graph, predict_classifier).items()
-        }
-
-    def predict_blocks(
-        self, graph: Graph, predict_classifier: bool = True
-    ) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
-        """Like :meth:`forward`, but each tensor as its (normalised) block before tiling, with the target shape.
-
-        ``tile(block, shape)`` gives the parameter; :func:`ghninit.write.tensors.write_tiled` writes
-        it without building the full tensor.
-        """
-        states = self.node_states(graph, predict_classifier)
-        out: dict[str, tuple[torch.Tensor, tuple[int, ...]]] = {}
-        for key, indices in self._groups(graph, predict_classifier).items():
-            nodes = [graph.nodes[i] for i in indices]
-            decoded = self._decode(key, states[indices])
-            if self.weight_norm:
-                decoded = self._normalize_group(key, decoded, nodes)
-            for node, w in zip(nodes, decoded):
-                self._emit(node, w, key, out)
-        return out
-
-    @torch.no_grad()
-    def predict(
-        self, model: nn.Module, predict_classifier: bool | None = None, leaf_modules: Iterable[type] = ()
-    ) -> dict[str, torch.Tensor]:
-        """Predicted tensors for ``model`` without touching it (name -> tensor)."""
-        graph = build_graph(model, leaf_modules, virtual_edge_cutoff=50 if self.ve else 1)
-        if predict_classifier is None:
-            predict_classifier = self.classifier_matches(graph)
-        return self(graph, predict_classifier)
-
-    def classifier_matches(self, graph: Graph) -> bool:
-        """Whether the graph's classifier (or, where set, its ``output_classes``) has as many outputs as the GHN has classes."""
-        if getattr(graph, "output_classes", None) is not None:
-            return graph.output_classes == self.num_classes
-        weight, bias = graph.classifier
-        node = graph.nodes[weight if weight is not None else bias] if (weight, bias) != (None, None) else None
-        return node is not None and node.shape[0] == self.num_classes
-
     # -- internals ---------------------------------------------------------------------------
 
     def _plans(self, graph: Graph) -> tuple[SweepPlan, SweepPlan]:
@@ -171,7 +116,8 @@ class GHN2(
             )
         return cache[key]
 
-    def _groups(self, graph: Graph, predict_classifier: bool) -> dict[object, list[int]]:
+    def decoder_groups(self, graph: Graph, predict_classifier: bool = True) -> dict[object, list[int]]:
+        """Node indices per decoder call: ``"1d"``, ``"cls_w"``, ``"cls_b"`` or ``(kh, kw, out, in)``, in node order."""
         cls_w, cls_b = graph.classifier
         size = self.max_shape[2:]
         groups: dict[object, list[int]] = {}
@@ -209,6 +155,12 @@ class GHN2(
         scales = [1.0 if node.primitive == "pos_enc" else weight_scale(node.shape) for node in nodes]
         scales = torch.tensor(scales, dtype=decoded.dtype, device=decoded.device)
         return decoded * scales.view(-1, *[1] * (decoded.dim() - 1))
+
+    def _emit_group(self, key: object, decoded: torch.Tensor, nodes: list, out: dict) -> None:
+        if self.weight_norm:
+            decoded = self._normalize_group(key, decoded, nodes)
+        for node, w in zip(nodes, decoded):
+            self._emit(node, w, key, out)
 
     def _emit(self, node, w: torch.Tensor, key: object, out: dict) -> None:
         if node.primitive in NORM_PRIMITIVES:

@@ -13,6 +13,12 @@ Layouts accepted for CIFAR-10 (``root``):
   with test-batch statistics, the paper's protocol, needs that);
 - torchvision's own download (``root/cifar-10-batches-py``), fetched with ``download=True``.
 
+Any other image data set (``python -m ghninit train --data DIR``): an ``ImageFolder`` tree
+``root/train/<class>/*`` with ``root/test/`` or ``root/val/`` for evaluation, decoded once at one
+square size (images of another size or shape are resized to it), see :func:`load_image_folder`;
+its :class:`FolderInfo` records what a GHN trained on it has seen (classes, size, image count,
+normalisation statistics, a sha256 of the file list).
+
 ImageNet: ``root/train/<wnid>/*`` and ``root/val/<wnid>/*`` (torchvision ``ImageFolder``), read
 with the usual transforms through a ``DataLoader``.
 """
@@ -102,14 +108,32 @@ def load_cifar10(
     return ImageTensors(images, torch.as_tensor(ds.targets, dtype=torch.long))
 
 
-def _load_image_folder(folder: Path, cache: bool) -> ImageTensors:
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def folder_classes(folder: Path) -> list[str]:
+    """Class folder names in label order: sorted, or torchvision's order for CIFAR-10's ten classes."""
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    return list(CIFAR10_CLASSES) if set(classes) == set(CIFAR10_CLASSES) else classes
+
+
+def folder_files(folder: Path, classes: list[str]) -> list[tuple[int, list[str]]]:
+    """``(label, sorted image file names)`` per class folder (files with an image suffix only)."""
+    return [
+        (c, sorted(f.name for f in (folder / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+        for c, name in enumerate(classes)
+    ]
+
+
+def _load_image_folder(
+    folder: Path, cache: bool, size: int | None = None, classes: list[str] | None = None
+) -> ImageTensors:
     from PIL import Image
 
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if set(classes) == set(CIFAR10_CLASSES):
-        classes = list(CIFAR10_CLASSES)
-    files = [(c, sorted(f.name for f in (folder / name).iterdir())) for c, name in enumerate(classes)]
-    key = hashlib.sha1(repr((str(folder.resolve()), files)).encode()).hexdigest()[:16]
+    classes = folder_classes(folder) if classes is None else classes
+    files = folder_files(folder, classes)
+    key_of = (str(folder.resolve()), files) if size is None else (str(folder.resolve()), files, size)
+    key = hashlib.sha1(repr(key_of).encode()).hexdigest()[:16]
     cache_file = default_cache_dir() / f"imagefolder-{key}.pt"
     if cache and cache_file.exists():
         data = torch.load(cache_file, weights_only=True)
@@ -118,8 +142,13 @@ def _load_image_folder(folder: Path, cache: bool) -> ImageTensors:
     for c, names in files:
         for name in names:
             with Image.open(folder / classes[c] / name) as im:
-                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+                im = im.convert("RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(im, dtype=np.uint8))
             labels.append(c)
+    if not images:
+        raise ValueError(f"{folder}: no images (files ending in {', '.join(IMAGE_SUFFIXES)}) in its class folders")
     out = ImageTensors(
         torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()), torch.tensor(labels, dtype=torch.long)
     )
@@ -129,6 +158,133 @@ def _load_image_folder(folder: Path, cache: bool) -> ImageTensors:
         torch.save({"images": out.images, "labels": out.labels}, tmp)
         tmp.replace(cache_file)
     return out
+
+
+@dataclass
+class FolderInfo:
+    """What a GHN trained on an ImageFolder tree has seen (written into its card)."""
+
+    name: str
+    path: str
+    classes: list[str]
+    image_size: int
+    train_images: int
+    eval_split: str | None
+    eval_images: int
+    files_sha256: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stats_images: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields, with ``num_classes``."""
+        from dataclasses import asdict
+
+        return {**asdict(self), "num_classes": self.num_classes}
+
+
+def eval_split_of(root: Path) -> str | None:
+    """``"test"`` or ``"val"``: the evaluation folder of an ImageFolder tree, if it has one."""
+    return next((name for name in ("test", "val") if (root / name).is_dir()), None)
+
+
+def files_sha256(root: Path, splits: list[str], classes: list[str]) -> str:
+    """sha256 of the sorted relative paths (``split/class/file``, one a line) of the images of ``splits``."""
+    lines = sorted(
+        f"{split}/{classes[c]}/{name}"
+        for split in splits
+        for c, names in folder_files(root / split, classes)
+        for name in names
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def default_image_size(folder: Path, classes: list[str], sample: int = 200) -> int:
+    """The (low) median shorter side of up to ``sample`` training images (a fixed spread over the classes)."""
+    import statistics
+
+    from PIL import Image
+
+    paths = [folder / classes[c] / name for c, names in folder_files(folder, classes) for name in names]
+    if not paths:
+        raise ValueError(f"{folder}: no images (files ending in {', '.join(IMAGE_SUFFIXES)}) in its class folders")
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        with Image.open(path) as im:
+            sides.append(min(im.size))
+    return int(statistics.median_low(sides))
+
+
+def image_statistics(data: ImageTensors, sample: int = 2000) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """Per-channel mean and std of pixel values in [0, 1] over up to ``sample`` images (a fixed random sample)."""
+    n = min(sample, len(data))
+    idx = torch.randperm(len(data), generator=seeded_generator(0, 5))[:n]
+    pixels = data.images[idx].float().div_(255).transpose(0, 1).reshape(3, -1)
+    mean = tuple(round(float(v), 6) for v in pixels.mean(1))
+    std = tuple(round(float(v), 6) for v in pixels.std(1))
+    return mean, std, n
+
+
+def load_image_folder(
+    root: str | os.PathLike, image_size: int | None = None, cache: bool = True, multiple: int = 1
+) -> tuple[ImageTensors, ImageTensors | None, FolderInfo]:
+    """Any ImageFolder tree (``train/<class>/*``, and ``test/`` or ``val/``) decoded at one square size.
+
+    Args:
+        root: the tree's root.
+        image_size: the side images are resized to (default: :func:`default_image_size`, rounded
+            to the nearest positive multiple of ``multiple``).
+        cache: keep the decoded tensors under :func:`default_cache_dir`.
+        multiple: what the default size is rounded to.
+
+    Returns:
+        ``(train, eval or None, info)``; both splits in one fixed random order (mixed batches for
+        BatchNorm with batch statistics) and normalised with statistics of the training images.
+
+    Raises:
+        ValueError: ``root/train`` is missing, or holds no class folder or no image.
+    """
+    root = Path(root)
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise ValueError(
+            f"{root}: no train/ folder; an ImageFolder tree is train/<class>/<image> (and test/ or val/ to evaluate)"
+        )
+    classes = folder_classes(train_dir)
+    if not classes:
+        raise ValueError(f"{train_dir}: no class folders; put the images of each class in train/<class>/")
+    if image_size:
+        size = int(image_size)
+    else:
+        size = max(multiple, multiple * round(default_image_size(train_dir, classes) / multiple))
+    split = eval_split_of(root)
+    parts = {}
+    for name in ["train"] + ([split] if split else []):
+        data = _load_image_folder(root / name, cache, size, classes)
+        perm = torch.randperm(len(data), generator=seeded_generator(0, 0))
+        parts[name] = ImageTensors(data.images[perm], data.labels[perm])
+    mean, std, n = image_statistics(parts["train"])
+    for data in parts.values():
+        data.mean, data.std = mean, std
+    info = FolderInfo(
+        name=root.resolve().name,
+        path=str(root.resolve()),
+        classes=classes,
+        image_size=size,
+        train_images=len(parts["train"]),
+        eval_split=split,
+        eval_images=len(parts[split]) if split else 0,
+        files_sha256=files_sha256(root, ["train"] + ([split] if split else []), classes),
+        mean=mean,
+        std=std,
+        stats_images=n,
+    )
+    return parts["train"], parts.get(split), info
 
 
 def seeded_generator(*keys: int) -> torch.Generator:

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..deepnets import ArchSpec, generate
-from ..ghn import GHN2
+from ..ghn import GHN2, GHN3, GHNBase
 from ..ghn.presets import DATASET_SHAPES, HID
-from ..graph.build import Graph, build_graph
+from ..graph.build import GHN2_RULES, GHN3_RULES, Graph, build_graph
 from ..graph.primitives import NORM_PRIMITIVES
 from ..write.tensors import crop, normalize, tile
 
@@ -57,7 +57,14 @@ class TrainConfig:
     GHN architecture: ``hypernet``, ``ve`` (virtual edges), ``weight_norm``, ``layernorm``,
     ``hid``, ``max_shape``/``num_classes`` (published CIFAR-10 GHN-2: (64, 64, 11, 11), 10).
     GHN-1 is ``ve=False, weight_norm=False, layernorm=False, meta_batch=1``; the MLP baseline
-    is ``hypernet="mlp"``.
+    is ``hypernet="mlp"``; GHN-3 is ``hypernet="graphormer"`` with ``layers`` and ``heads``
+    (presets in :data:`ghninit.ghn.presets.PRESETS`).
+
+    ``norm_reg`` is the weight of GHN-3's regulariser on predicted parameters: each network's
+    loss gets ``norm_reg`` times the sum of the Frobenius norms of its predicted tensors (the
+    reference ``ghn3/trainer.py`` adds ``predparam_wd * sum ||p||_F`` per network before averaging
+    over the meta-batch; ``train_ghn_ddp.py`` uses 3e-5 for GHN-3, 0 for GHN-2).
+    ``optimizer`` is ``"adam"`` (GHN-2) or ``"adamw"`` (GHN-3).
     """
 
     dataset: str = "cifar10"
@@ -86,6 +93,19 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True
     fast_predict: bool = True
+    layers: int = 3
+    heads: int = 8
+    optimizer: str = "adam"
+    norm_reg: float = 0.0
+
+    @property
+    def is_ghn3(self) -> bool:
+        return self.hypernet == "graphormer"
+
+    @property
+    def graph_rules(self):
+        """The graph rules of the GHN this config trains."""
+        return GHN3_RULES if self.is_ghn3 else GHN2_RULES
 
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> TrainConfig:
@@ -96,7 +116,19 @@ class TrainConfig:
         return cls(**{**base, **overrides})
 
     def ghn_kwargs(self) -> dict:
-        """Constructor arguments of :class:`~ghninit.GHN2`."""
+        """Constructor arguments of :class:`~ghninit.GHN2` (or :class:`~ghninit.GHN3` for ``hypernet="graphormer"``)."""
+        if self.is_ghn3:
+            return dict(
+                max_shape=tuple(self.max_shape),
+                num_classes=self.num_classes,
+                hid=self.hid,
+                layers=self.layers,
+                heads=self.heads,
+                weight_norm=self.weight_norm,
+                ve=self.ve,
+                layernorm=self.layernorm,
+                hypernet="graphormer",
+            )
         return dict(
             max_shape=tuple(self.max_shape),
             num_classes=self.num_classes,
@@ -120,11 +152,11 @@ class TrainConfig:
         return cls(**d)
 
 
-def make_ghn(config: TrainConfig, seed: int | None = None) -> GHN2:
+def make_ghn(config: TrainConfig, seed: int | None = None) -> GHNBase:
     """A freshly initialised GHN for ``config`` (seeded with ``config.seed`` unless given)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed if seed is None else seed)
-        return GHN2(**config.ghn_kwargs())
+        return (GHN3 if config.is_ghn3 else GHN2)(**config.ghn_kwargs())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,13 +270,22 @@ def predict_params(ghn: GHN2, graphs: Sequence[Graph]) -> list[dict[str, torch.T
     return out
 
 
-class MetaBatchPredictor(nn.Module):
-    """The module data-parallel training wraps: graphs in, predicted parameters out."""
+def predicted_norm(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the Frobenius norms of one network's predicted tensors (GHN-3's regulariser, before its weight)."""
+    return torch.stack([p.norm() for p in params.values()]).sum()
 
-    def __init__(self, ghn: GHN2, fast: bool = True):
+
+class MetaBatchPredictor(nn.Module):
+    """The module data-parallel training wraps: graphs in, predicted parameters out.
+
+    The batched, channel-restricted path (:func:`predict_params`) is GHN-2's; a GHN-3 (whose
+    attention would mix the graphs of a disjoint union) predicts one graph at a time.
+    """
+
+    def __init__(self, ghn: GHNBase, fast: bool = True):
         super().__init__()
         self.ghn = ghn
-        self.fast = fast
+        self.fast = fast and isinstance(ghn, GHN2)
 
     def forward(self, graphs: Sequence[Graph]) -> list[dict[str, torch.Tensor]]:
         if self.fast:
@@ -275,7 +316,7 @@ class Architecture:
 def prepare_architecture(spec: ArchSpec, config: TrainConfig) -> Architecture:
     """Build the network on the ``meta`` device (no memory, no init) and its graph."""
     net = spec.build(config.num_classes, config.image_size, device="meta")
-    graph = build_graph(net, virtual_edge_cutoff=50 if config.ve else 1)
+    graph = build_graph(net, virtual_edge_cutoff=50 if config.ve else 1, rules=config.graph_rules)
     fallback = {}
     if graph.uncovered:  # parameters the GHN does not predict keep a real initialisation
         with torch.random.fork_rng(devices=[]):  # a pure function of the spec, whatever process builds it
@@ -314,7 +355,8 @@ def sample_meta_batch(
 
 def _node_count(spec: ArchSpec, config: TrainConfig) -> int:
     """Nodes of the architecture's graph (virtual edges, which do not change it, are skipped: 3x faster)."""
-    return len(build_graph(spec.build(config.num_classes, config.image_size, device="meta"), virtual_edge_cutoff=1))
+    net = spec.build(config.num_classes, config.image_size, device="meta")
+    return len(build_graph(net, virtual_edge_cutoff=1, rules=config.graph_rules))
 
 
 class _StepArchitectures(torch.utils.data.Dataset):
@@ -392,6 +434,7 @@ class StepResult:
     top1: float = float("nan")
     reason: str = ""
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # CPU time of this process per phase
+    norm_reg: float = 0.0  # the regulariser's term of the loss (mean over the meta-batch), 0 when off
 
 
 PHASES = ("graphs", "ghn_forward", "nets_forward_backward", "ghn_backward", "optimizer")
@@ -426,7 +469,7 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        ghn: GHN2 | None = None,
+        ghn: GHNBase | None = None,
         device: str | torch.device = "cpu",
         distributed: bool = False,
         steps_per_epoch: int = 781,
@@ -444,10 +487,14 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             predictor = DistributedDataParallel(
-                predictor, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                predictor,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         self.predictor = predictor
-        self.optimizer = torch.optim.Adam(
+        if config.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer={config.optimizer!r}: expected 'adam' or 'adamw'")
+        optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer(
             self.ghn.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=config.adam_eps
         )
         self.steps_per_epoch = steps_per_epoch
@@ -502,19 +549,23 @@ class Trainer:
         t2 = _clock()
 
         share = c.meta_batch // self.world_size
-        losses, correct = [], 0
+        losses, regs, correct = [], [], 0
         leaves = [t for p in predicted for t in p.values()]
         for j, (arch, params) in enumerate(zip(archs, predicted)):
             torch.manual_seed(_seed_for(c.seed, 11, step, self.rank * share + j))  # dropout
+            if c.norm_reg > 0:
+                regs.append(c.norm_reg * predicted_norm(params))
             params = {**arch.fallback, **params}
             logits = functional_call(arch.net, params, (images,))
             losses.append(F.cross_entropy(logits, targets))
             correct += (logits.argmax(1) == targets).sum().item()
         # Mean over the global meta-batch: DDP averages gradients over processes.
         loss = torch.stack(losses).mean()
-        finite = bool(torch.isfinite(loss))
+        reg = torch.stack(regs).mean() if regs else torch.zeros((), device=self.device)
+        total = loss + reg
+        finite = bool(torch.isfinite(total))
         if finite:
-            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            grads = torch.autograd.grad(total, leaves, allow_unused=True)
         t3 = _clock()
         if finite:
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
@@ -542,11 +593,13 @@ class Trainer:
             self.scheduler.step()
         self.step += 1
         stats = torch.tensor(
-            [float(loss.detach()), float(correct), float(len(targets) * len(archs))], device=self.device
+            [float(loss.detach()), float(correct), float(len(targets) * len(archs)), float(reg.detach())],
+            device=self.device,
         )
         if self.distributed:
             dist.all_reduce(stats)
             stats[0] /= self.world_size
+            stats[3] /= self.world_size
         t5 = _clock()
         return StepResult(
             step=step,
@@ -558,6 +611,7 @@ class Trainer:
             n_nodes=sum(len(a.graph) for a in archs),
             top1=100.0 * float(stats[1] / stats[2]),
             reason=reason,
+            norm_reg=float(stats[3]),
         )
 
     # -- checkpoints -----------------------------------------------------------------------

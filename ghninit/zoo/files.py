@@ -24,20 +24,25 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as read_tensors
 
 from ..errors import GHNLoadError
-from ..ghn import GHN2, GHN3
+from ..ghn import GHNBase
 from ..ghn.config import check_safetensors_header, check_state_shapes, ghn_class
 from .cache import WEIGHTS_NAME
 
 CONFIG_NAME = "config.json"
 
 
-def load_path(path: Path) -> GHN2 | GHN3:
+def load_path(path: Path) -> GHNBase:
     """A GHN from a folder in the Hub layout or from a file (by its suffix)."""
     return load_ghn_folder(path) if path.is_dir() else load_ghn_file(path)
 
 
-def load_ghn_folder(folder: Path) -> GHN2 | GHN3:
-    """Load a folder in the Hub layout with ``GHN2.from_pretrained`` (the mixin), strictly."""
+def load_ghn_folder(folder: Path) -> GHNBase:
+    """Load a folder in the Hub layout with ``GHN2.from_pretrained`` (the mixin), strictly.
+
+    A ``python -m ghninit train --save-dir`` folder loads its ``final/`` GHN.
+    """
+    if not (folder / CONFIG_NAME).is_file() and (folder / "final" / CONFIG_NAME).is_file():
+        folder = folder / "final"
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
     if missing:
         raise GHNLoadError(
@@ -67,7 +72,7 @@ def _check_safetensors(path: Path) -> dict[str, str]:
         ) from err
 
 
-def load_ghn_file(path: Path) -> GHN2 | GHN3:
+def load_ghn_file(path: Path) -> GHNBase:
     if path.suffix == ".safetensors":
         return load_safetensors_file(path)
     if path.suffix in (".pt", ".pth", ".ckpt") and zipfile.is_zipfile(path):  # torch.save's format
@@ -106,7 +111,7 @@ def read_config(path: Path) -> dict:
     return _config_json(text, str(path))
 
 
-def load_safetensors_file(path: Path) -> GHN2 | GHN3:
+def load_safetensors_file(path: Path) -> GHNBase:
     metadata = _check_safetensors(path)
     if "config" in metadata:
         config = _config_json(metadata["config"], f"{path}: the 'config' entry of its safetensors metadata")
@@ -125,7 +130,7 @@ def load_safetensors_file(path: Path) -> GHN2 | GHN3:
     return _build(config, state, path)
 
 
-def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2 | GHN3:
+def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHNBase:
     """Load an official reference checkpoint (``{'state_dict', 'config', 'epoch'}``) without unpickling code.
 
     Only ``torch.load(..., weights_only=True)`` is used: tensors and plain containers, no code.
@@ -145,7 +150,7 @@ def ghn_from_reference_checkpoint(path: str | os.PathLike) -> GHN2 | GHN3:
     return _build(dict(checkpoint["config"]), checkpoint["state_dict"], path)
 
 
-def _build(config: dict, state: dict, source: object) -> GHN2 | GHN3:
+def _build(config: dict, state: dict, source: object) -> GHNBase:
     config = check_state_shapes(config, state, source)
     cls = ghn_class(config)
     try:

@@ -52,7 +52,7 @@ except ImportError:  # huggingface_hub < 1.0: a remote miss is an EntryNotFoundE
     from huggingface_hub.errors import EntryNotFoundError as RemoteEntryNotFoundError
 
 from ..errors import GHNLoadError, SourceUnavailable
-from ..ghn import GHN2, GHN3
+from ..ghn import GHNBase
 from .cache import OFFLINE_ENV, cache_root, converted_folder, fetch_convert_store, file_sha256, is_offline
 from .cards import render_card
 from .download import probe_hub_file
@@ -109,7 +109,7 @@ def shipped_card(name: str) -> dict:
         ) from err
 
 
-def _load_shipped(name: str) -> GHN2 | GHN3:
+def _load_shipped(name: str) -> GHNBase:
     path = shipped_path(name)
     expected = shipped_card(name).get("sha256")
     if not path.is_file():
@@ -169,7 +169,7 @@ def load_ghn(
     cache_dir: str | os.PathLike | None = None,
     force_download: bool = False,
     token: str | bool | None = None,
-) -> GHN2 | GHN3:
+) -> GHNBase:
     """Load a GHN.
 
     Args:
@@ -280,7 +280,7 @@ def _converted_copy(entry: KnownGHN, source, cache_dir, force_download: bool, to
     """
     import ghninit
 
-    def convert(path: Path) -> GHN2 | GHN3:
+    def convert(path: Path) -> GHNBase:
         ghn = source.convert(path)
         found = variant_of(ghn.config)
         if found != entry.variant:
