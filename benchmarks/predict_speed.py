@@ -45,13 +45,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_model(name: str, ghn: ghninit.GHN2 | ghninit.GHN3, repeats: int, ghn_name: str = "") -> dict:
+def time_model(
+    name: str, ghn: ghninit.GHN2 | ghninit.GHN3, repeats: int, ghn_name: str = "", postprocess: str | None = None
+) -> dict:
     model = torchvision.models.get_model(name)
-    ghninit.initialize(model, ghn=ghn)  # warm-up
+    ghninit.initialize(model, ghn=ghn, postprocess=postprocess)  # warm-up
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
-        report = ghninit.initialize(model, ghn=ghn)
+        report = ghninit.initialize(model, ghn=ghn, postprocess=postprocess)
         runs.append((time.perf_counter() - start, report.seconds))
     runs.sort(key=lambda r: r[0])
     total, stages = runs[len(runs) // 2]
@@ -64,6 +66,7 @@ def time_model(name: str, ghn: ghninit.GHN2 | ghninit.GHN3, repeats: int, ghn_na
         "graph": stages["graph"],
         "predict": stages["predict"],
         "write": stages["write"],
+        "postprocess": stages.get("postprocess", 0.0),
         "reference_fixture_seconds": reference,
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="torchvision model names")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--postprocess", help="time initialize(..., postprocess=NAME), e.g. orth (default: none)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/predict_speed"), help="output prefix (.json, .md)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -89,19 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     else:
         ghn, ghn_name = ghninit.load_ghn(args.ghn), Path(args.ghn).stem
     loaded_rss = peak_rss_mib()
-    rows = [time_model(name, ghn, args.repeats, ghn_name) for name in tqdm(args.models, desc="models")]
+    rows = [time_model(name, ghn, args.repeats, ghn_name, args.postprocess) for name in tqdm(args.models, desc="models")]
     lines = [
         f"GHN: {ghn_name} ({type(ghn).__name__}, {sum(p.numel() for p in ghn.parameters()):,} parameters); "
         f"CPU threads: {torch.get_num_threads()}, median of {args.repeats} after warm-up; "
+        f"postprocess={args.postprocess!r}; "
         f"peak RSS after loading the GHN {loaded_rss:.0f} MiB\n",
-        "| model | nodes | initialize (s) | graph (s) | predict (s) | write (s) | peak RSS so far (MiB) "
+        "| model | nodes | initialize (s) | graph (s) | predict (s) | post-processing (s) | write (s) | peak RSS so far (MiB) "
         "| reference predict, from fixture (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ref = f"{r['reference_fixture_seconds']:.3f}" if r["reference_fixture_seconds"] is not None else "-"
         lines.append(
-            f"| {r['model']} | {r['nodes']} | {r['seconds']:.3f} | {r['graph']:.3f} | {r['predict']:.3f} "
+            f"| {r['model']} | {r['nodes']} | {r['seconds']:.3f} | {r['graph']:.3f} | {r['predict']:.3f} | {r['postprocess']:.3f} "
             f"| {r['write']:.3f} | {r['peak_rss_mib']:.0f} | {ref} |"
         )
     table = "\n".join(lines)
