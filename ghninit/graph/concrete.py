@@ -12,7 +12,6 @@ is the same. Values may live on the ``meta`` device (no memory); ops that need r
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import inspect
@@ -23,10 +22,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import fx
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from ..errors import TraceError
 from .example_inputs import example_call, infer_example_inputs, is_torchvision_detector, small_detection_inputs
+from .patches import (
+    CONSTRUCTORS,
+    ON_VALUES,
+    ORIGINAL_ISINSTANCE,
+    guarded,
+    guarded_class,
+    in_tracing_thread,
+    instance_forward,
+    patched,
+    tracing,
+)
 from .trace import LeafTracer, _default_arguments, trace
 
 _NO_VALUE = object()
@@ -220,12 +230,12 @@ class ConcreteTracer(LeafTracer):
         raise RuntimeError(f"ghninit: unexpected fx node kind {kind!r}")  # pragma: no cover
 
     def call_module(self, m, forward, args, kwargs):
-        if self._running_leaf:
+        if self._running_leaf or not in_tracing_thread():
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
-        if self._running_leaf:
+        if self._running_leaf or not in_tracing_thread():
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
@@ -308,21 +318,19 @@ def _swap_to_meta(model: nn.Module) -> None:
                     store[name] = memo[id(t)]
 
 
-@contextlib.contextmanager
-def _plain_forward(model: nn.Module) -> Iterator[None]:
+def _plain_forward(model: nn.Module) -> contextlib.AbstractContextManager:
     """A ``forward`` behind a ``(self, *args, **kwargs)`` decorator (Hugging Face's ``can_return_tuple``)
     is called through a function with the named parameters of the decorated one: fx reads those
-    names but would call the decorator with them as positional arguments."""
+    names but would call the decorator with them as positional arguments. Only ``model`` sees it."""
     cls = type(model)
-    forward = cls.__dict__.get("forward") or cls.forward
+    forward = cls.forward
     code = getattr(forward, "__code__", None)
     if (
         not hasattr(forward, "__wrapped__")
         or code is None
         or not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
     ):
-        yield
-        return
+        return contextlib.nullcontext()
     params = list(inspect.signature(inspect.unwrap(forward)).parameters.values())[1:]
     kept = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     header = ", ".join(p.name if p.default is p.empty else f"{p.name}=defaults[{p.name!r}]" for p in kept)
@@ -330,82 +338,54 @@ def _plain_forward(model: nn.Module) -> Iterator[None]:
     source = f"def forward(self, {header}):\n    return decorated(self, {call})\n"
     scope: dict[str, Any] = {"decorated": forward, "defaults": {p.name: p.default for p in kept}}
     exec(compile(source, f"<ghninit forward of {cls.__name__}>", "exec"), scope)  # noqa: S102 - names from a signature
-    had_own = "forward" in cls.__dict__
-    cls.forward = scope["forward"]
-    try:
-        yield
-    finally:
-        if had_own:
-            cls.forward = forward
-        else:
-            del cls.forward
+    return instance_forward(model, scope["forward"])
 
 
-# Factories whose argument parser reads a traced value as a sequence (it has __len__), not as its value.
-_CONSTRUCTORS = (
-    "tensor", "as_tensor", "scalar_tensor", "ones", "zeros", "empty", "full", "rand", "randn", "randint", "arange",
-    "linspace", "eye",
-)  # fmt: skip
-
-
-_ON_VALUES = ("finfo", "iinfo")  # torch.finfo(x.dtype): called on the value
-
-
-@contextlib.contextmanager
-def _recorded_constructors() -> Iterator[None]:
+def _record_constructor(original, *args, **kwargs):
     """``torch.tensor(x.shape[1])``, ``torch.ones(B, N)`` and the like are recorded (run on the values)."""
-
-    def wrap(fn):
-        def wrapper(*args, **kwargs):
-            proxy = next((a for a in _flat(args, kwargs) if isinstance(a, ConcreteProxy)), None)
-            if proxy is None:
-                return fn(*args, **kwargs)
-            return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
-
-        return wrapper
-
-    def on_values(fn):  # dtype information: nothing to record
-        return lambda *args, **kwargs: fn(*_value(args), **_value(kwargs))
-
-    saved = {name: getattr(torch, name) for name in (*_CONSTRUCTORS, *_ON_VALUES)}
-    try:
-        for name, fn in saved.items():
-            setattr(torch, name, on_values(fn) if name in _ON_VALUES else wrap(fn))
-        builtins.isinstance = _isinstance_of_value
-        yield
-    finally:
-        builtins.isinstance = _ISINSTANCE
-        for name, fn in saved.items():
-            setattr(torch, name, fn)
+    proxy = next((a for a in _flat(args, kwargs) if _ISINSTANCE(a, ConcreteProxy)), None)
+    if proxy is None:
+        return original(*args, **kwargs)
+    return proxy.tracer.create_proxy("call_function", original, args, kwargs)
 
 
-_ISINSTANCE = builtins.isinstance
+def _on_values(original, *args, **kwargs):  # dtype information: nothing to record
+    return original(*_value(args), **_value(kwargs))
+
+
+# Made once: the same objects are installed by every trace and checked for by the tests.
+_REPLACEMENTS = {
+    **{name: guarded(name, _record_constructor) for name in CONSTRUCTORS},
+    **{name: guarded_class(name, _on_values) for name in ON_VALUES},
+}
+
+
+def _recorded_constructors() -> contextlib.AbstractContextManager:
+    """Torch factories and ``isinstance`` that understand traced values, in the tracing thread only."""
+    return patched(_REPLACEMENTS, _isinstance_of_value)
+
+
+_ISINSTANCE = ORIGINAL_ISINSTANCE
 
 
 def _isinstance_of_value(obj: Any, cls: Any) -> bool:
     """``isinstance`` while tracing: a traced value is an instance of what its value is.
 
     Python code asks (``isinstance(images, list)``, ``isinstance(x, torch.Tensor)``); C code does not
-    see this (lying to it through ``__class__`` would let it read a proxy as a tensor).
+    see this (lying to it through ``__class__`` would let it read a proxy as a tensor). Other
+    threads get the plain answer.
     """
     if _ISINSTANCE(obj, cls):
         return True
-    if type(obj) is ConcreteProxy or type(obj) is ConcreteAttribute:
+    if (type(obj) is ConcreteProxy or type(obj) is ConcreteAttribute) and in_tracing_thread():
         value = obj.__dict__.get("value", _NO_VALUE)
         return value is not _NO_VALUE and _ISINSTANCE(value, cls)
     return False
 
 
 def _flat(args: tuple, kwargs: dict) -> list:
-    out: list = []
-    stack = [*args, *kwargs.values()]
-    while stack:
-        a = stack.pop()
-        if isinstance(a, fx.Proxy):
-            out.append(a)
-        elif type(a) in (list, tuple, dict):
-            stack.extend(a.values() if isinstance(a, dict) else a)
-    return out
+    """The proxies anywhere in ``args`` and ``kwargs`` (lists, tuples, named tuples, dicts)."""
+    return [a for a in tree_leaves((args, kwargs)) if _ISINSTANCE(a, fx.Proxy)]
 
 
 SYMBOLIC = "symbolic"
@@ -426,7 +406,11 @@ def trace_model(
     Raises:
         TraceError: when neither way works, with both reasons and how to fix it.
     """
-    leaf_modules = tuple(leaf_modules)
+    with tracing():  # one trace at a time; the model's state is put back before another thread may trace it
+        return _trace_model(model, tuple(leaf_modules), example_inputs)
+
+
+def _trace_model(model: nn.Module, leaf_modules: tuple[type, ...], example_inputs: Any) -> tuple[fx.Graph, str]:
     symbolic_error: TraceError | None = None
     inferred = example_inputs is None
     if inferred:

@@ -16,8 +16,10 @@ from collections.abc import Iterable
 
 import torch.nn as nn
 from torch import fx
+from torch.utils._pytree import tree_leaves
 
 from ..errors import TraceError
+from .patches import in_tracing_thread, tracing
 from .primitives import module_rule, registered_module_types
 
 _LEAF_TYPES: list[type] = []
@@ -97,7 +99,17 @@ class LeafTracer(fx.Tracer):
             return not any(True for _ in m.children())
         return False
 
+    def trace(self, root, concrete_args=None) -> fx.Graph:
+        """fx's trace, one at a time in the process; its class-level patches answer other threads as the originals."""
+        with tracing():
+            return super().trace(root, concrete_args)
+
     def call_module(self, m, forward, args, kwargs):
+        if not in_tracing_thread():  # fx patched nn.Module.__call__ for every thread: not ours to record
+            return forward(*args, **kwargs)
+        paths = self.submodule_paths
+        if paths and m not in paths and not any(isinstance(a, fx.Proxy) for a in tree_leaves((args, kwargs))):
+            return forward(*args, **kwargs)  # a module outside the model, on plain values: nothing to record
         self._path_stack.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
@@ -107,6 +119,11 @@ class LeafTracer(fx.Tracer):
             raise
         finally:
             self._path_stack.pop()
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if not in_tracing_thread():  # as nn.Module.__getattr__ for other threads
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def _default_arguments(model: nn.Module) -> dict[str, object] | None:
