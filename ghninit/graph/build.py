@@ -214,8 +214,11 @@ class Graph:
         return _longest_path_levels(n, n - 1 - self.real_edges[:, 1], n - 1 - self.real_edges[:, 0], flip=True)
 
     def to_networkx(self, virtual: bool = True):
-        """A ``networkx.DiGraph`` with node attributes and edge ``weight``."""
-        import networkx as nx
+        """A ``networkx.DiGraph`` with node attributes and edge ``weight`` (needs ``pip install "ghninit[graph]"``)."""
+        try:
+            import networkx as nx
+        except ImportError as err:
+            raise ImportError(f'Graph.to_networkx needs networkx: pip install "ghninit[graph]" ({err})') from err
 
         g = nx.DiGraph()
         for i, node in enumerate(self.nodes):
@@ -260,33 +263,46 @@ def _longest_path_levels(n: int, src: np.ndarray, dst: np.ndarray, flip: bool = 
 
 
 def shortest_path_lengths(n: int, real_edges: np.ndarray, cutoff: int = VIRTUAL_EDGE_CUTOFF) -> np.ndarray:
-    """``(n, n)`` matrix of directed shortest-path lengths in a DAG (0 on the diagonal, inf if none).
+    """``(n, n)`` matrix of directed shortest-path lengths in a DAG (0 on the diagonal, inf if none or over ``cutoff``).
 
     Nodes must be in topological order. Column ``v`` is the element-wise minimum over the
     columns of ``v``'s predecessors, plus one: one vectorised step per node.
     """
-    dist = np.full((n, n), np.inf, dtype=np.float32)
-    preds: list[list[int]] = [[] for _ in range(n)]
-    for s, d in real_edges[:, :2]:
-        preds[d].append(s)
-    for v in range(n):
-        if preds[v]:
-            dist[:v, v] = dist[:v, preds[v]].min(axis=1) + 1
-        dist[v, v] = 0
-    dist[dist > cutoff] = np.inf
+    capped, cap = _capped_distances(n, real_edges, cutoff)
+    dist = capped.astype(np.float32)
+    dist[capped >= cap] = np.inf
     return dist
 
 
+def _capped_distances(n: int, real_edges: np.ndarray, cutoff: int) -> tuple[np.ndarray, int]:
+    """Shortest-path lengths as in :func:`shortest_path_lengths`, and ``cap``: every length over
+    ``cutoff`` (or no path) is ``cap``. Capping keeps the values small: one byte a pair for the
+    usual cutoff (100 MB at 10k nodes)."""
+    cap = max(min(cutoff, n), 0) + 1  # no path is longer than n - 1
+    dtype = np.uint8 if cap < 255 else np.int64
+    dist = np.full((n, n), cap, dtype=dtype)
+    preds: list[list[int]] = [[] for _ in range(n)]
+    for s, d in real_edges[:, :2].tolist():
+        preds[d].append(s)
+    for v in range(n):
+        if preds[v]:
+            column = dist[:v, preds[v]].min(axis=1)
+            dist[:v, v] = np.minimum(column, cap - 1) + 1
+        dist[v, v] = 0
+    return dist, cap
+
+
 def _with_virtual_edges(n: int, real_edges: np.ndarray, cutoff: int) -> np.ndarray:
-    real = np.unique(real_edges, axis=0) if len(real_edges) else real_edges.reshape(0, 2)
-    weights = np.zeros((n, n), dtype=np.int64)
-    if cutoff > 1 and n:
-        dist = shortest_path_lengths(n, real, cutoff)
-        finite = np.isfinite(dist)
-        weights[finite] = dist[finite].astype(np.int64)
-    weights[real[:, 0], real[:, 1]] = 1
-    src, dst = np.nonzero(weights)
-    return np.stack([src, dst, weights[src, dst]], axis=1).astype(np.int64)
+    """``[src, dst, weight]`` rows, by source then destination: real edges (weight 1) and, with
+    ``cutoff`` > 1, every pair at shortest-path distance 2..``cutoff`` (weight the distance)."""
+    real = np.unique(real_edges, axis=0) if len(real_edges) else real_edges.reshape(0, 2).astype(np.int64)
+    if cutoff <= 1 or not n:
+        return np.concatenate([real, np.ones((len(real), 1), dtype=np.int64)], axis=1).astype(np.int64)
+    dist, cap = _capped_distances(n, real, cutoff)
+    dist[real[:, 0], real[:, 1]] = 1  # an edge against the node order, too
+    np.fill_diagonal(dist, 0)
+    src, dst = np.nonzero((dist > 0) & (dist < cap))
+    return np.stack([src, dst, dist[src, dst].astype(np.int64)], axis=1).astype(np.int64)
 
 
 class _Builder:
@@ -615,6 +631,15 @@ def build_graph(
     return Graph(nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes)
 
 
+def _topological_rank(n: int, real: np.ndarray) -> np.ndarray:
+    """Each node's place in a topological order: its index where the edges already follow the index order."""
+    if not len(real) or (real[:, 0] < real[:, 1]).all():
+        return np.arange(n, dtype=np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    rank[_topological_order(n, real)] = np.arange(n)
+    return rank
+
+
 def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
     if len(real) and (real[:, 0] >= real[:, 1]).any():
         order = _topological_order(len(nodes), real)
@@ -690,21 +715,27 @@ def _reroute_attention_inputs(nodes: list[Node], real: np.ndarray) -> tuple[list
     if not msa:
         return nodes, real
     edges = set(map(tuple, real.tolist()))
-    succ0: dict[int, set[int]] = {}
+    pred0: dict[int, list[int]] = {}
     for s, d in edges:
-        succ0.setdefault(s, set()).add(d)
+        pred0.setdefault(d, []).append(s)
+    rank = _topological_rank(len(nodes), real)
+    order = np.argsort(rank).tolist()
 
-    def n_paths(src: int, dst: int, cap: int = 2) -> int:  # simple paths in the DAG before rewiring, up to cap
-        memo: dict[int, int] = {}
+    def n_paths(src: int, dst: int, cap: int = 2) -> int:
+        """Paths from ``src`` to ``dst`` in the DAG before rewiring, counted up to ``cap``.
 
-        def count(v: int) -> int:
-            if v == dst:
-                return 1
-            if v not in memo:
-                memo[v] = min(cap, sum(count(w) for w in succ0.get(v, ())))
-            return memo[v]
-
-        return count(src)
+        Forward over the nodes between the two in topological order (no other node is on such a
+        path), without recursion: a bypass of thousands of nodes costs no stack.
+        """
+        lo, hi = rank[src], rank[dst]
+        if lo >= hi:
+            return 0
+        count = {src: 1}
+        for v in order[lo + 1 : hi + 1]:
+            total = sum(count.get(p, 0) for p in pred0.get(v, ()))
+            if total:
+                count[v] = min(cap, total)
+        return count.get(dst, 0)
 
     for i in msa:
         for out in sorted(d for s, d in edges if s == i):
