@@ -23,6 +23,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch import fx
+from torch.utils._pytree import tree_leaves
+
+from .proxies import _NO_VALUE, ConcreteAttribute, ConcreteProxy, _value
 
 # Factories whose argument parser reads a traced value as a sequence (it has __len__), not as its value.
 CONSTRUCTORS = (
@@ -158,6 +162,56 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     _owner, _depth = None, 0
     restore_originals()
+
+
+# The example-input tracer's replacements.
+
+
+def _record_constructor(original, *args, **kwargs):
+    """``torch.tensor(x.shape[1])``, ``torch.ones(B, N)`` and the like are recorded (run on the values)."""
+    proxy = next((a for a in _flat(args, kwargs) if _ISINSTANCE(a, ConcreteProxy)), None)
+    if proxy is None:
+        return original(*args, **kwargs)
+    return proxy.tracer.create_proxy("call_function", original, args, kwargs)
+
+
+def _on_values(original, *args, **kwargs):  # dtype information: nothing to record
+    return original(*_value(args), **_value(kwargs))
+
+
+# Made once: the same objects are installed by every trace and checked for by the tests.
+_REPLACEMENTS = {
+    **{name: guarded(name, _record_constructor) for name in CONSTRUCTORS},
+    **{name: guarded_class(name, _on_values) for name in ON_VALUES},
+}
+
+
+def recorded_constructors() -> contextlib.AbstractContextManager:
+    """Torch factories and ``isinstance`` that understand traced values, in the tracing thread only."""
+    return patched(_REPLACEMENTS, _isinstance_of_value)
+
+
+_ISINSTANCE = ORIGINAL_ISINSTANCE
+
+
+def _isinstance_of_value(obj: Any, cls: Any) -> bool:
+    """``isinstance`` while tracing: a traced value is an instance of what its value is.
+
+    Python code asks (``isinstance(images, list)``, ``isinstance(x, torch.Tensor)``); C code does not
+    see this (lying to it through ``__class__`` would let it read a proxy as a tensor). Other
+    threads get the plain answer.
+    """
+    if _ISINSTANCE(obj, cls):
+        return True
+    if (type(obj) is ConcreteProxy or type(obj) is ConcreteAttribute) and in_tracing_thread():
+        value = obj.__dict__.get("value", _NO_VALUE)
+        return value is not _NO_VALUE and _ISINSTANCE(value, cls)
+    return False
+
+
+def _flat(args: tuple, kwargs: dict) -> list:
+    """The proxies anywhere in ``args`` and ``kwargs`` (lists, tuples, named tuples, dicts)."""
+    return [a for a in tree_leaves((args, kwargs)) if _ISINSTANCE(a, fx.Proxy)]
 
 
 if hasattr(os, "register_at_fork"):

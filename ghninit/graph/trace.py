@@ -4,25 +4,31 @@ Layers that have a rule in :mod:`ghninit.graph.primitives`, parameter-free ``tor
 that own parameters directly (``GroupNorm``, ``PReLU``...) and any types the caller names are not
 traced into; everything else is. No example input is needed. When fx cannot trace a module, the
 error names the module and suggests the fix, in the spirit of
-``torchvision.models.feature_extraction``.
+``torchvision.models.feature_extraction``. :func:`trace_model` tries this first and falls back to
+tracing with an example input (:mod:`~ghninit.graph.concrete`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
+import torch
 import torch.nn as nn
 from torch import fx
 from torch.utils._pytree import tree_leaves
 
 from ..errors import TraceError
+from .example_inputs import infer_example_inputs, is_torchvision_detector, normalize_inputs, small_detection_inputs
 from .patches import in_tracing_thread, tracing
 from .primitives import module_rule, registered_module_types
 
 _LEAF_TYPES: list[type] = []
+_MISSING = object()
 
 
 def register_leaf_module(*types: type) -> None:
@@ -188,3 +194,104 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = ()) -> fx.Graph:
             "Fix: move data-dependent control flow into a submodule and pass its type in "
             "leaf_modules, or register a rule for it in ghninit.graph.primitives."
         ) from err
+
+
+SYMBOLIC = "symbolic"
+EXAMPLE_INPUT = "example input"
+
+
+def trace_model(
+    model: nn.Module, leaf_modules: Iterable[type] = (), example_inputs: Any = None
+) -> tuple[fx.Graph, str]:
+    """The fx graph of ``model`` and how it was obtained (:data:`SYMBOLIC` or :data:`EXAMPLE_INPUT`).
+
+    Without ``example_inputs``, symbolic tracing first; when it fails, tracing with an inferred
+    example input (:func:`~ghninit.graph.example_inputs.infer_example_inputs`). With
+    ``example_inputs``, tracing with them. The example run happens in the model's mode, then in
+    eval mode if that fails (a detector in training mode wants targets); the model's modes,
+    buffers (BatchNorm statistics) and the random number generators are left as they were.
+
+    Raises:
+        TraceError: when neither way works, with both reasons and how to fix it.
+    """
+    with tracing():  # one trace at a time; the model's state is put back before another thread may trace it
+        return _trace_model(model, tuple(leaf_modules), example_inputs)
+
+
+def _trace_model(model: nn.Module, leaf_modules: tuple[type, ...], example_inputs: Any) -> tuple[fx.Graph, str]:
+    symbolic_error: TraceError | None = None
+    inferred = example_inputs is None
+    if inferred:
+        attributes = _attributes(model)
+        try:
+            return trace(model, leaf_modules), SYMBOLIC
+        except TraceError as err:
+            symbolic_error = err
+            _restore_attributes(attributes)  # a failed trace may have cached proxies on modules
+        try:
+            example_inputs = infer_example_inputs(model)
+        except TraceError as err:
+            raise TraceError(f"{symbolic_error}\nTracing with an example input instead: {err}") from symbolic_error
+    from .concrete import trace_with_inputs  # the example-input tracer builds on LeafTracer, below
+
+    normalize_inputs(model, example_inputs)  # wrong names or counts: a TypeError now, not after two runs
+    context = small_detection_inputs(model) if inferred else contextlib.nullcontext()
+    errors = []
+    already_meta = any(p.device.type == "meta" for p in model.parameters())
+    # torchvision's detectors want targets in training mode and real numbers for their box selection
+    detector = is_torchvision_detector(model)
+    with context:
+        for eval_mode in (False, True) if model.training and not detector else (True,):
+            for on_meta in (False,) if already_meta or detector else (True, False):  # meta first: no arithmetic
+                with _state_kept(model):
+                    if eval_mode:
+                        model.eval()
+                    try:
+                        graph = trace_with_inputs(model, example_inputs, leaf_modules, on_meta=on_meta)
+                        return graph, EXAMPLE_INPUT
+                    except Exception as err:  # any failure of the model's own code on the example
+                        if not on_meta:
+                            mode = "eval" if eval_mode else "training"
+                            errors.append(f"{mode} mode: {type(err).__name__}: {err}")
+    reasons = "\n  ".join(errors)
+    before = f"{symbolic_error}\n" if symbolic_error else ""
+    raise TraceError(
+        f"{before}Tracing {type(model).__name__} with an example input failed too:\n  {reasons}\n"
+        "Fix: pass example_inputs= that the model's forward accepts (a tuple of positional arguments, "
+        "a dict of keyword arguments or one tensor), or keep the failing module as a leaf with leaf_modules=."
+    )
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module) -> Iterator[None]:
+    """Restore what an example run may change: modes, buffers, attributes a forward sets, the CPU RNG."""
+    attributes = _attributes(model)
+    buffers = [(b, b.clone()) for b in model.buffers() if b.device.type != "meta"]
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            _restore_attributes(attributes)  # e.g. anchors cached as traced values
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+
+
+def _attributes(model: nn.Module) -> list[tuple[nn.Module, dict, dict]]:
+    """Each module's attributes, and the contents of its dicts (hooks, sub-layers, parameters)."""
+    return [
+        (m, dict(vars(m)), {k: dict(v) for k, v in vars(m).items() if isinstance(v, dict)}) for m in model.modules()
+    ]
+
+
+def _restore_attributes(attributes: list[tuple[nn.Module, dict, dict]]) -> None:
+    """Undo what a (traced) forward set on the modules: new attributes, and hooks a library adds at its first call."""
+    for m, saved, contents in attributes:
+        for k in [k for k in vars(m) if k not in saved]:
+            delattr(m, k)
+        vars(m).update(saved)
+        for k, items in contents.items():
+            now = vars(m)[k]
+            if len(now) != len(items) or any(now.get(n, _MISSING) is not v for n, v in items.items()):
+                now.clear()
+                now.update(items)
