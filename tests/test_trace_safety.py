@@ -107,9 +107,11 @@ def test_threads_initialising_at_once_match_sequential_calls_and_a_bystander_see
 
     got, failures = {}, []
 
+    models = {seed: _tiny_vit(seed) for seed in seeds}  # made here: the global RNG is shared by the threads
+
     def work(seed):
         try:
-            model = _tiny_vit(seed)
+            model = models[seed]
             report = ghninit.initialize(model, ghn=ghn)
             got[seed] = (report.tracing, sorted(report.predicted), model.state_dict())
         except Exception as err:
@@ -229,3 +231,21 @@ def test_a_child_forked_during_a_trace_can_run_and_trace_models():
     assert child.exitcode == 0
     assert result["graph"].tracing == "example input"
     assert builtins.isinstance is patches.ORIGINAL_ISINSTANCE
+
+
+def test_a_trace_inside_a_trace_keeps_the_outer_ones_patches():
+    inner, seen = [], []
+
+    class Nested(_ValueBranch):
+        def forward(self, x):
+            inner.append(len(build_graph(_ValueBranch(), example_inputs=torch.randn(2, 8))))
+            seen.append((type(x).__name__, builtins.isinstance is patches.ORIGINAL_ISINSTANCE))
+            return super().forward(x)
+
+    before = _globals()
+    graph = build_graph(Nested(), example_inputs=torch.randn(2, 8))
+    plain = build_graph(_ValueBranch(), example_inputs=torch.randn(2, 8))
+    assert graph.tracing == "example input" and len(graph) == len(plain)
+    assert inner and set(inner) == {len(plain)}
+    assert ("ConcreteProxy", False) in seen and ("ConcreteProxy", True) not in seen
+    assert _globals() == before

@@ -42,6 +42,7 @@ ORIGINAL_MODULE: dict[str, Any] = {name: nn.Module.__dict__[name] for name in ("
 _lock = threading.RLock()
 _owner: int | None = None  # thread id of the thread tracing now
 _depth = 0  # nesting of tracing() in that thread
+_patch_depth = 0  # nesting of patched() in that thread
 _swapped: weakref.WeakKeyDictionary[nn.Module, type] = weakref.WeakKeyDictionary()  # instance -> its class
 
 
@@ -87,16 +88,21 @@ def patched(replacements: dict[str, Callable], isinstance_replacement: Callable)
 
     Each replacement must itself check :func:`in_tracing_thread`; leaving puts the originals back.
     """
+    global _patch_depth
     with tracing():
+        _patch_depth += 1
         try:
-            for name, fn in replacements.items():
-                setattr(torch, name, fn)
-            builtins.isinstance = isinstance_replacement
+            if _patch_depth == 1:  # a nested example trace keeps the outer one's replacements
+                for name, fn in replacements.items():
+                    setattr(torch, name, fn)
+                builtins.isinstance = isinstance_replacement
             yield
         finally:
-            builtins.isinstance = ORIGINAL_ISINSTANCE
-            for name in replacements:
-                setattr(torch, name, ORIGINAL_TORCH[name])
+            _patch_depth -= 1
+            if _patch_depth == 0:
+                builtins.isinstance = ORIGINAL_ISINSTANCE
+                for name in replacements:
+                    setattr(torch, name, ORIGINAL_TORCH[name])
 
 
 def guarded(name: str, traced: Callable) -> Callable:
@@ -156,11 +162,11 @@ def instance_forward(model: nn.Module, forward: Callable) -> Iterator[None]:
 
 def _after_fork_in_child() -> None:
     """A child forked while a trace ran keeps running; it must not inherit the trace's patches or lock."""
-    global _lock, _owner, _depth
+    global _lock, _owner, _depth, _patch_depth
     if _owner is not None and _owner == threading.get_ident():
         return  # forked by the traced code itself: the trace goes on in the child and ends as usual
     _lock = threading.RLock()
-    _owner, _depth = None, 0
+    _owner, _depth, _patch_depth = None, 0, 0
     restore_originals()
 
 
