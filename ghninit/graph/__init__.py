@@ -12,6 +12,6 @@ Imports nothing from the rest of ghninit but :mod:`ghninit.errors`.
 
 from ..errors import TraceError
 from .build import GHN2_RULES, GHN3_RULES, Graph, Node, build_graph
-from .trace import register_leaf_module
+from .leaf_tracer import register_leaf_module
 
 __all__ = ["GHN2_RULES", "GHN3_RULES", "Graph", "Node", "TraceError", "build_graph", "register_leaf_module"]

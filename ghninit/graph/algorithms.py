@@ -7,14 +7,9 @@ step per node, one byte a pair), the edge list with virtual edges, a stable topo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from ..errors import TraceError
-
-if TYPE_CHECKING:
-    from .structure import Node
 
 VIRTUAL_EDGE_CUTOFF = 50
 
@@ -110,7 +105,7 @@ def _topological_rank(n: int, real: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
+def _in_topological_order(nodes: list, real: np.ndarray) -> tuple[list, np.ndarray]:
     if len(real) and (real[:, 0] >= real[:, 1]).any():
         order = _topological_order(len(nodes), real)
         rank = np.empty(len(nodes), dtype=np.int64)
@@ -119,7 +114,7 @@ def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Nod
     return nodes, real
 
 
-def _drop_nodes(nodes: list[Node], real: np.ndarray, drop: list[bool]) -> tuple[list[Node], np.ndarray]:
+def _drop_nodes(nodes: list, real: np.ndarray, drop: list[bool]) -> tuple[list, np.ndarray]:
     """Remove the marked nodes, joining each one's predecessors to its successors."""
     if not any(drop):
         return nodes, real

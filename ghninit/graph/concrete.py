@@ -1,6 +1,6 @@
 """Tracing with an example input: the same fx graph as symbolic tracing, for models fx alone cannot follow.
 
-:class:`ConcreteTracer` is :class:`~ghninit.graph.trace.LeafTracer` whose proxies
+:class:`ConcreteTracer` is :class:`~ghninit.graph.leaf_tracer.LeafTracer` whose proxies
 (:mod:`~ghninit.graph.proxies`) also carry the value the op returns on the example input: every
 recorded op (and every leaf module) is run on those values as it is recorded. Where symbolic
 tracing stops (``bool()`` of a traced value, ``len``, iteration, ``int()``,
@@ -9,7 +9,7 @@ the control flow that depends on values (detectors' box selection, shape checks 
 follows the example. Everything symbolic tracing records is recorded the same way, by the same
 leaf decisions, so for a model both can trace the fx graph, and so the GHN graph, is the same.
 Values may live on the ``meta`` device (no memory); ops that need real numbers then fail.
-:func:`~ghninit.graph.trace.trace_model` chooses between the two ways.
+:func:`~ghninit.graph.trace.trace_model` chooses between the two ways (it moved there from this module).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from torch import fx
 from torch.utils._pytree import tree_map
 
 from .example_inputs import normalize_inputs
+from .leaf_tracer import LeafTracer, _default_arguments
 from .patches import in_tracing_thread, instance_forward, recorded_constructors
 from .proxies import ConcreteAttribute, ConcreteProxy, _value
-from .trace import EXAMPLE_INPUT, SYMBOLIC, LeafTracer, _default_arguments, trace_model
 from .traced_numbers import _TRACED_TYPES, TracedFloat, TracedInt
 
 __all__ = [
-    "EXAMPLE_INPUT", "SYMBOLIC", "ConcreteAttribute", "ConcreteProxy", "ConcreteTracer", "TracedFloat", "TracedInt",
-    "normalize_inputs", "trace_model", "trace_with_inputs",
+    "ConcreteAttribute", "ConcreteProxy", "ConcreteTracer", "TracedFloat", "TracedInt", "normalize_inputs",
+    "trace_with_inputs",
 ]  # fmt: skip
 
 
