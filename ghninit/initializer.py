@@ -47,7 +47,7 @@ def initialize(
     device: str | torch.device | None = None,
     example_inputs: Any = None,
 ) -> Report:
-    """Initialise ``model`` in place with parameters predicted by GHN-2.
+    """Initialise ``model`` in place with parameters predicted by a GHN (GHN-2 or GHN-3).
 
     Args:
         model: any ``nn.Module`` (traced by torch.fx, with an example input where needed; see

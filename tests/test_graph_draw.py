@@ -77,3 +77,44 @@ def test_graph_command_draws_and_prints_stats(tmp_path, capsys):
     assert main(["graph", "torchvision:resnet18", "-o", str(out)]) == 2  # exists, no --force
     assert main(["graph", "resnet1", "-o", str(tmp_path / "x.png")]) == 2
     assert "resnet18" in capsys.readouterr().err
+
+
+def test_stats_match_networkx_on_a_real_network():
+    nx = pytest.importorskip("networkx")
+    graph = build_graph(__import__("torchvision").models.resnet18(), virtual_edge_cutoff=1)
+    undirected = nx.Graph(graph.to_networkx(virtual=False)).to_undirected()
+    stats = graph.stats()
+    assert stats["avg_shortest_path"] == pytest.approx(nx.average_shortest_path_length(undirected))
+    assert stats["avg_degree"] == pytest.approx(2 * undirected.number_of_edges() / len(graph))
+
+
+_WITHOUT_EXTRAS = """
+import runpy, sys
+sys.modules["networkx"] = None  # as on a plain install: importing them fails
+sys.modules["matplotlib"] = None
+for args in (["resnet18", "--json"], ["resnet18", "-o", sys.argv[1]]):
+    sys.argv = ["ghninit", "graph", *args]
+    try:
+        runpy.run_module("ghninit", run_name="__main__")
+    except SystemExit as done:
+        print(f"exit {done.code}", file=sys.stderr, flush=True)
+"""
+
+
+def test_graph_command_without_networkx_or_matplotlib(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    picture = tmp_path / "g.png"
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, str(picture)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    assert [line for line in out.stderr.splitlines() if line.startswith("exit ")] == ["exit 0", "exit 2"]
+    assert '"avg_shortest_path"' in out.stdout
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and 'pip install "ghninit[graph]"' in errors[0]
+    assert not picture.exists()

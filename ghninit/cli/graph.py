@@ -54,7 +54,7 @@ def run_graph(args: argparse.Namespace) -> int:
     if output is not None:
         try:
             graph.draw(output, virtual=args.virtual, labels=args.labels, max_rows=args.max_rows, title=f"{spec}")
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, FileNotFoundError, ImportError) as err:  # ImportError: matplotlib not installed
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(f"ghninit: drew {output}", file=sys.stderr)

@@ -202,7 +202,7 @@ def run_init(args: argparse.Namespace) -> int:
         if fmt == "dcp":
             from .init_dcp import run_init_dcp
 
-            return run_init_dcp(args, spec, output, report_path)
+            return run_init_dcp(args, spec, output, report_path, initialize_model)
         model, report, built_on = initialize_model(spec, args)
     except (ValueError, LookupError, FileExistsError, FileNotFoundError, TypeError, GHNLoadError) as err:
         print(f"error: {err}", file=sys.stderr)

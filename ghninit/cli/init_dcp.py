@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,14 +68,18 @@ def _sharded_model(spec: ModelSpec, args: argparse.Namespace, ghn) -> tuple[nn.M
     return model, report
 
 
-def run_init_dcp(args: argparse.Namespace, spec: ModelSpec, output: Path, report_path: Path) -> int:
-    """Initialise ``spec`` and save it as a DCP folder at ``output``; returns the exit status."""
+def run_init_dcp(
+    args: argparse.Namespace, spec: ModelSpec, output: Path, report_path: Path, initialize_model: Callable
+) -> int:
+    """Initialise ``spec`` and save it as a DCP folder at ``output``; returns the exit status.
+
+    ``initialize_model`` is ``init``'s builder for the unsharded case (passed in, so that the two
+    command modules do not import each other).
+    """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
     import ghninit
-
-    from .init import initialize_model
 
     start = time.perf_counter()
     world = int(os.environ.get("WORLD_SIZE", "1"))

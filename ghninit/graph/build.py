@@ -1,4 +1,4 @@
-"""The GHN graph of a network: nodes, real and virtual edges, depth levels, and its construction.
+"""Building the GHN graph of a network (:func:`build_graph`); the graph types, algorithms and GHN-3 passes it uses.
 
 :func:`build_graph` walks the fx graph of a model in execution order. Each traced call either
 becomes a chain of GHN nodes (through the rules in :mod:`ghninit.graph.primitives`) or is dropped, in
@@ -7,33 +7,46 @@ is kept (a tuple, list, dict, named tuple or dataclass of tensors; auxiliary tra
 fields or keys named ``aux*``, are left out as the reference GHNs leave them out). Several outputs
 are joined at one ``concat`` sink node, the graph's last; a model with one output gets no sink, so
 its graph is what it always was. The resulting node order is topological with ``input`` first, so
-a single-output classifier's weight and bias end up last. Virtual edges (GHN-2) join every pair at shortest-path distance 2..50, computed
-by dynamic programming over the DAG in topological order, without any all-pairs Python loop.
+a single-output classifier's weight and bias end up last. Virtual edges (GHN-2) join every pair
+at shortest-path distance 2..50 (:mod:`~ghninit.graph.algorithms`).
 
 The two GHN families describe some networks differently; :class:`GraphRules` names each difference
 as an option, and :data:`GHN2_RULES` / :data:`GHN3_RULES` are the two rule sets (GHN-3: pools over
 flattened means kept, squeeze-excitation products as ``cse`` in networks with sigmoid/swish gates,
 no edges through ``x.shape``, attention without weights has no ``msa`` node, the final global
-pool moved before a 1x1-conv classifier, token positional embeddings predicted).
+pool moved before a 1x1-conv classifier, token positional embeddings predicted; the rewrites are
+in :mod:`~ghninit.graph.ghn3_passes`). :class:`Graph`, :class:`Node` and the rules live in
+:mod:`~ghninit.graph.structure` and are importable from here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, is_dataclass
-from functools import cached_property
+from dataclasses import is_dataclass
 
 import numpy as np
-import torch
 import torch.nn as nn
 from torch import fx
 from torch.nn.utils import parametrize
 
-from .concrete import SYMBOLIC, trace_model
+from .algorithms import (
+    VIRTUAL_EDGE_CUTOFF,
+    _drop_nodes,
+    _in_topological_order,
+    _with_virtual_edges,
+    shortest_path_lengths,
+)
+from .ghn3_passes import (
+    _feed_weight_sources,
+    _in_generation_order,
+    _is_head_pool,
+    _pool_before_classifier,
+    _pos_enc_before_consumer,
+    _reroute_attention_inputs,
+)
 from .primitives import (
     NORM_PRIMITIVES,
-    PRIMITIVE_INDEX,
     SOFTMAX_TARGETS,
     NodeSpec,
     function_rule,
@@ -47,246 +60,13 @@ from .primitives import (
     softmax_rule,
     without_unweighted_attention,
 )
-from .trace import TraceError
+from .structure import GHN2_RULES, GHN3_RULES, Graph, GraphRules, Node, _is_param
+from .trace import TraceError, trace_model
 
-VIRTUAL_EDGE_CUTOFF = 50
-_HEAD_PREFIXES = ("classifier", "fc", "head")
-
-
-@dataclass(frozen=True)
-class GraphRules:
-    """How one GHN family describes a network: each field is one rule that differs between families.
-
-    Attributes:
-        name: ``"ghn2"`` or ``"ghn3"``.
-        shape_edges: values read from a tensor's shape (``x.shape[0]``) carry an edge (GHN-2's
-            fx description); GHN-3 follows autograd, where they do not.
-        mean_is_pool: every mean is ``glob_avg``, also one that drops the reduced dims.
-        gated_cse: in a network with a sigmoid/swish op, a product with a gate activation is
-            ``cse`` and only the global pool feeding the classifier head is kept; without such
-            an op, products are never ``cse``.
-        msa_needs_weights: ``nn.MultiheadAttention`` called with ``need_weights=False`` (fused
-            attention, no softmax) has no ``msa`` node.
-        pool_before_classifier: a global pool after the final layer moves before its weight.
-        flat_1x1_classifier: a 1x1-conv classifier weight is recorded 2-D.
-        token_pos_enc: a ``(1, N, C)`` positional embedding is predicted, recorded as
-            ``(1, C, floor(sqrt N), floor(sqrt N))``.
-        softmax_is_msa: a softmax outside an attention layer with its own rule is an ``msa``
-            node, and the other inputs of the node after it are rerouted as GHN-3 does.
-        detached_unbiased_linear: an ``nn.Linear`` without bias is a weight node fed by the input
-            node only, beside the layer's input (as autograd shows it), except the reduction of
-            torchvision's Swin patch merging, which GHN-3 rewires in line; weight nodes without
-            inputs are fed by the input node.
-        generation_order: nodes ordered by depth level (longest path from a source), as
-            networkx's topological sort orders them; the classifier is the last two nodes; a
-            positional-embedding source node then moves to just before the node it feeds (GHN-3
-            inserts it there after sorting).
-    """
-
-    name: str
-    shape_edges: bool = True
-    mean_is_pool: bool = False
-    gated_cse: bool = False
-    msa_needs_weights: bool = False
-    pool_before_classifier: bool = False
-    flat_1x1_classifier: bool = False
-    token_pos_enc: bool = False
-    softmax_is_msa: bool = False
-    detached_unbiased_linear: bool = False
-    generation_order: bool = False
-
-
-GHN2_RULES = GraphRules("ghn2")
-GHN3_RULES = GraphRules(
-    "ghn3",
-    shape_edges=False,
-    mean_is_pool=True,
-    gated_cse=True,
-    msa_needs_weights=True,
-    pool_before_classifier=True,
-    flat_1x1_classifier=True,
-    token_pos_enc=True,
-    softmax_is_msa=True,
-    detached_unbiased_linear=True,
-    generation_order=True,
-)
-
-
-@dataclass
-class Node:
-    """A node of the GHN graph.
-
-    Attributes:
-        name: the parameter's full name (``"layer1.0.conv1.weight"``) or, for ops, the op's
-            name with its fx node (``"sum:add_3"``).
-        primitive: one of the 15 primitives.
-        shape: parameter shape, pooling shape ``(1, 1, k, k)``, or ``None``.
-        module: path of the module the node belongs to (``""`` for the root), or ``None``.
-        param: full parameter name for parameter nodes, else ``None``.
-        bias: for norm-layer nodes, the bias predicted together with the weight.
-        param_shape: the parameter's own shape where the rules record a different ``shape``
-            (GHN-3: a token positional embedding, a 1x1-conv classifier), else ``None``.
-    """
-
-    name: str
-    primitive: str
-    shape: tuple[int, ...] | None = None
-    module: str | None = None
-    param: str | None = None
-    bias: str | None = None
-    param_shape: tuple[int, ...] | None = None
-
-    @property
-    def target_shape(self) -> tuple[int, ...] | None:
-        """The shape of the parameter a prediction is written to."""
-        return self.param_shape if self.param_shape is not None else self.shape
-
-
-@dataclass
-class Graph:
-    """A network as GHN-2 sees it.
-
-    Attributes:
-        nodes: in topological order, ``input`` first.
-        edges: ``(E, 3)`` int64 array of ``[src, dst, weight]``; weight 1 for real edges and the
-            shortest-path distance for virtual ones.
-        uncovered: parameters the graph does not describe, with the reason.
-        rules: the rule set it was built with.
-        n_outputs: how many outputs of the model the graph describes; with more than one, the last
-            node is the ``concat`` sink joining them and the graph has no classifier.
-        tracing: how the fx graph was obtained: ``"symbolic"`` or ``"example input"``.
-        output_classes: GHN-3, when the model's output layer is a bias-free ``nn.Linear`` (a weight
-            source node, so not in the classifier's place): its number of outputs, which decides
-            whether the classifier's place is predicted; else ``None`` (the classifier's own).
-    """
-
-    nodes: list[Node]
-    edges: np.ndarray
-    uncovered: dict[str, str] = field(default_factory=dict)
-    rules: GraphRules = GHN2_RULES
-    n_outputs: int = 1
-    tracing: str = SYMBOLIC
-    output_classes: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.nodes)
-
-    @property
-    def real_edges(self) -> np.ndarray:
-        return self.edges[self.edges[:, 2] == 1]
-
-    @property
-    def virtual_edges(self) -> np.ndarray:
-        return self.edges[self.edges[:, 2] > 1]
-
-    @cached_property
-    def primitive_ids(self) -> torch.Tensor:
-        return torch.tensor([PRIMITIVE_INDEX[n.primitive] for n in self.nodes], dtype=torch.long)
-
-    @property
-    def classifier(self) -> tuple[int | None, int | None]:
-        """Indices of the classifier weight (node n-2) and bias (node n-1), where they are such.
-
-        A graph joining several outputs at a sink has none: every head is predicted as a layer.
-        """
-        n = len(self.nodes)
-        if self.n_outputs > 1:
-            return None, None
-        weight = n - 2 if n >= 2 and _is_param(self.nodes[n - 2], min_dim=2) else None
-        bias = n - 1 if self.nodes[-1].primitive == "bias" else None
-        return weight, bias
-
-    def depth_levels(self, reverse: bool = False) -> list[np.ndarray]:
-        """Groups of nodes that can be updated together.
-
-        Forward: by longest path from the sources; reverse: by longest path to the sinks.
-        No edge joins two nodes of one group.
-        """
-        return self._levels_backward if reverse else self._levels_forward
-
-    @cached_property
-    def _levels_forward(self) -> list[np.ndarray]:
-        return _longest_path_levels(len(self.nodes), self.real_edges[:, 0], self.real_edges[:, 1])
-
-    @cached_property
-    def _levels_backward(self) -> list[np.ndarray]:
-        n = len(self.nodes)
-        return _longest_path_levels(n, n - 1 - self.real_edges[:, 1], n - 1 - self.real_edges[:, 0], flip=True)
-
-    def to_networkx(self, virtual: bool = True):
-        """A ``networkx.DiGraph`` with node attributes and edge ``weight``."""
-        import networkx as nx
-
-        g = nx.DiGraph()
-        for i, node in enumerate(self.nodes):
-            g.add_node(i, name=node.name, primitive=node.primitive, shape=node.shape, module=node.module)
-        edges = self.edges if virtual else self.real_edges
-        g.add_weighted_edges_from((int(s), int(d), int(w)) for s, d, w in edges)
-        return g
-
-    def __repr__(self) -> str:
-        return f"Graph(nodes={len(self.nodes)}, real_edges={len(self.real_edges)}, virtual_edges={len(self.virtual_edges)})"
-
-    def stats(self) -> dict:
-        """Nodes, edges, depth, average degree and shortest path, primitive counts (see :func:`~ghninit.graph.draw.graph_stats`)."""
-        from .draw import graph_stats
-
-        return graph_stats(self)
-
-    def draw(self, path, **options):
-        """Draw the graph into ``path`` (PNG/SVG/PDF by extension; see :func:`~ghninit.graph.draw.draw_graph`)."""
-        from .draw import draw_graph
-
-        return draw_graph(self, path, **options)
-
-
-def _is_param(node: Node, min_dim: int = 1) -> bool:
-    return node.param is not None and node.shape is not None and len(node.shape) >= min_dim
-
-
-def _longest_path_levels(n: int, src: np.ndarray, dst: np.ndarray, flip: bool = False) -> list[np.ndarray]:
-    """Level of each node = longest path from a source; nodes are in topological order (src < dst)."""
-    level = np.zeros(n, dtype=np.int64)
-    order = np.argsort(dst, kind="stable")
-    src, dst = src[order], dst[order]
-    # Process edges grouped by destination in increasing order: sources are final by then.
-    starts = np.searchsorted(dst, np.arange(n))
-    ends = np.searchsorted(dst, np.arange(n), side="right")
-    for v in range(n):
-        if ends[v] > starts[v]:
-            level[v] = level[src[starts[v] : ends[v]]].max() + 1
-    groups = [np.flatnonzero(level == lv) for lv in range(level.max() + 1 if n else 0)]
-    return [n - 1 - g[::-1] for g in groups] if flip else groups
-
-
-def shortest_path_lengths(n: int, real_edges: np.ndarray, cutoff: int = VIRTUAL_EDGE_CUTOFF) -> np.ndarray:
-    """``(n, n)`` matrix of directed shortest-path lengths in a DAG (0 on the diagonal, inf if none).
-
-    Nodes must be in topological order. Column ``v`` is the element-wise minimum over the
-    columns of ``v``'s predecessors, plus one: one vectorised step per node.
-    """
-    dist = np.full((n, n), np.inf, dtype=np.float32)
-    preds: list[list[int]] = [[] for _ in range(n)]
-    for s, d in real_edges[:, :2]:
-        preds[d].append(s)
-    for v in range(n):
-        if preds[v]:
-            dist[:v, v] = dist[:v, preds[v]].min(axis=1) + 1
-        dist[v, v] = 0
-    dist[dist > cutoff] = np.inf
-    return dist
-
-
-def _with_virtual_edges(n: int, real_edges: np.ndarray, cutoff: int) -> np.ndarray:
-    real = np.unique(real_edges, axis=0) if len(real_edges) else real_edges.reshape(0, 2)
-    weights = np.zeros((n, n), dtype=np.int64)
-    if cutoff > 1 and n:
-        dist = shortest_path_lengths(n, real, cutoff)
-        finite = np.isfinite(dist)
-        weights[finite] = dist[finite].astype(np.int64)
-    weights[real[:, 0], real[:, 1]] = 1
-    src, dst = np.nonzero(weights)
-    return np.stack([src, dst, weights[src, dst]], axis=1).astype(np.int64)
+__all__ = [
+    "GHN2_RULES", "GHN3_RULES", "VIRTUAL_EDGE_CUTOFF", "Graph", "GraphRules", "Node", "build_graph", "count_parameters",
+    "shortest_path_lengths",
+]  # fmt: skip
 
 
 class _Builder:
@@ -511,30 +291,6 @@ def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
     return seen
 
 
-def _topological_order(n: int, edges: np.ndarray) -> np.ndarray:
-    """Stable topological order (Kahn, smallest index first); raises on cycles."""
-    import heapq
-
-    indegree = np.zeros(n, dtype=np.int64)
-    succ: list[list[int]] = [[] for _ in range(n)]
-    for s, d in edges:
-        succ[s].append(d)
-        indegree[d] += 1
-    ready = [i for i in range(n) if indegree[i] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        v = heapq.heappop(ready)
-        order.append(v)
-        for d in succ[v]:
-            indegree[d] -= 1
-            if indegree[d] == 0:
-                heapq.heappush(ready, d)
-    if len(order) != n:
-        raise TraceError("the traced graph has a cycle (a layer whose weights are reused downstream of itself)")
-    return np.array(order, dtype=np.int64)
-
-
 def build_graph(
     model: nn.Module,
     leaf_modules: Iterable[type] = (),
@@ -546,7 +302,7 @@ def build_graph(
 
     Args:
         model: any ``nn.Module``; traced symbolically, or with an example input where that fails
-            (see :func:`ghninit.graph.concrete.trace_model`).
+            (see :func:`ghninit.graph.trace.trace_model`).
         leaf_modules: extra module types to keep as leaves.
         virtual_edge_cutoff: longest shortest-path turned into a virtual edge (1 disables them).
         rules: :data:`GHN2_RULES` (default) or :data:`GHN3_RULES`.
@@ -613,131 +369,6 @@ def build_graph(
             output_classes = head.out_features
     edges = _with_virtual_edges(len(nodes), real, virtual_edge_cutoff)
     return Graph(nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes)
-
-
-def _in_topological_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
-    if len(real) and (real[:, 0] >= real[:, 1]).any():
-        order = _topological_order(len(nodes), real)
-        rank = np.empty(len(nodes), dtype=np.int64)
-        rank[order] = np.arange(len(nodes))
-        return [nodes[i] for i in order], rank[real]
-    return nodes, real
-
-
-def _feed_weight_sources(nodes: list[Node], real: np.ndarray) -> np.ndarray:
-    """An edge from the input (node 0) to every weight node that has no input."""
-    fed = set(real[:, 1].tolist())
-    extra = [(0, i) for i, n in enumerate(nodes) if i and i not in fed and n.param and "weight" in n.param]
-    return np.array(sorted(set(map(tuple, real.tolist())) | set(extra)), dtype=np.int64).reshape(-1, 2)
-
-
-def _in_generation_order(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
-    """Stable reorder by longest path from a source (nodes must be in topological order)."""
-    levels = _longest_path_levels(len(nodes), real[:, 0], real[:, 1])
-    order = np.concatenate(levels) if levels else np.zeros(0, dtype=np.int64)
-    rank = np.empty(len(nodes), dtype=np.int64)
-    rank[order] = np.arange(len(nodes))
-    return [nodes[i] for i in order], rank[real]
-
-
-def _pos_enc_before_consumer(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
-    """Move each ``pos_enc`` source node with one successor to just before that successor."""
-    fed = set(real[:, 1].tolist())
-    moved: dict[int, list[int]] = {}
-    for i in (i for i, node in enumerate(nodes) if node.primitive == "pos_enc" and i not in fed):
-        successors = real[real[:, 0] == i, 1]
-        if len(successors) == 1:
-            moved.setdefault(int(successors[0]), []).append(i)
-    if not moved:
-        return nodes, real
-    skip = {i for group in moved.values() for i in group}
-    order = [j for i in range(len(nodes)) if i not in skip for j in (*moved.get(i, ()), i)]
-    rank = np.empty(len(nodes), dtype=np.int64)
-    rank[order] = np.arange(len(nodes))
-    return [nodes[i] for i in order], rank[real]
-
-
-def _drop_nodes(nodes: list[Node], real: np.ndarray, drop: list[bool]) -> tuple[list[Node], np.ndarray]:
-    """Remove the marked nodes, joining each one's predecessors to its successors."""
-    if not any(drop):
-        return nodes, real
-    succ: dict[int, set[int]] = {i: set() for i in range(len(nodes))}
-    pred: dict[int, set[int]] = {i: set() for i in range(len(nodes))}
-    for s, d in real.tolist():
-        succ[s].add(d)
-        pred[d].add(s)
-    for v in (i for i, flag in enumerate(drop) if flag):
-        for p in pred[v]:
-            succ[p].discard(v)
-            succ[p] |= succ[v] - {p}
-        for d in succ[v]:
-            pred[d].discard(v)
-            pred[d] |= pred[v] - {d}
-    keep = [i for i, flag in enumerate(drop) if not flag]
-    new = {old: i for i, old in enumerate(keep)}
-    edges = sorted((new[s], new[d]) for s in keep for d in succ[s])
-    return [nodes[i] for i in keep], np.array(edges, dtype=np.int64).reshape(-1, 2)
-
-
-def _reroute_attention_inputs(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
-    """GHN-3's softmax rule: the node after an ``msa`` keeps ``msa`` as its input.
-
-    Another input ``j`` of that node loses its edge when it also reaches the node another way
-    (or when ``msa`` does not feed ``j``); a ``j`` with no other way is rewired into ``msa``.
-    ``sum``/``concat`` nodes left with one input are then dropped.
-    """
-    msa = [i for i, n in enumerate(nodes) if n.primitive == "msa"]
-    if not msa:
-        return nodes, real
-    edges = set(map(tuple, real.tolist()))
-    succ0: dict[int, set[int]] = {}
-    for s, d in edges:
-        succ0.setdefault(s, set()).add(d)
-
-    def n_paths(src: int, dst: int, cap: int = 2) -> int:  # simple paths in the DAG before rewiring, up to cap
-        memo: dict[int, int] = {}
-
-        def count(v: int) -> int:
-            if v == dst:
-                return 1
-            if v not in memo:
-                memo[v] = min(cap, sum(count(w) for w in succ0.get(v, ())))
-            return memo[v]
-
-        return count(src)
-
-    for i in msa:
-        for out in sorted(d for s, d in edges if s == i):
-            for j in sorted(s for s, d in edges if d == out and s != i):
-                paths = n_paths(j, out)
-                if paths > 1 or (i, j) not in edges:
-                    edges.discard((j, out))
-                if paths == 1 and (i, j) not in edges:
-                    edges.add((j, i))
-    real = np.array(sorted(edges), dtype=np.int64).reshape(-1, 2)
-    indegree = np.bincount(real[:, 1], minlength=len(nodes))
-    drop = [n.primitive in ("sum", "concat") and indegree[k] < 2 for k, n in enumerate(nodes)]
-    return _drop_nodes(nodes, real, drop)
-
-
-def _is_head_pool(i: int, nodes: list[Node], real: np.ndarray) -> bool:
-    """Whether node ``i`` is not a global pool, or is the one feeding the classifier head (by name, as GHN-3)."""
-    if nodes[i].primitive != "glob_avg":
-        return True
-    successors = [nodes[d] for d in real[real[:, 0] == i, 1]]
-    return any(n.param is not None and n.param.startswith(_HEAD_PREFIXES) for n in successors)
-
-
-def _pool_before_classifier(nodes: list[Node], real: np.ndarray) -> tuple[list[Node], np.ndarray]:
-    """``... -> W -> b -> glob_avg`` (SqueezeNet's head) becomes ``... -> glob_avg -> W -> b``.
-
-    The three nodes trade places and keep the edges of the places (the pool takes the weight's
-    inputs), as the reference GHN-3 does.
-    """
-    n = len(nodes)
-    if n < 4 or nodes[-1].primitive != "glob_avg" or nodes[-2].primitive != "bias" or not _is_param(nodes[-3], 2):
-        return nodes, real
-    return nodes[:-3] + [nodes[-1], nodes[-3], nodes[-2]], real
 
 
 def count_parameters(shapes: Iterable[tuple[int, ...]]) -> int:

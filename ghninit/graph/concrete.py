@@ -1,23 +1,23 @@
 """Tracing with an example input: the same fx graph as symbolic tracing, for models fx alone cannot follow.
 
-:class:`ConcreteTracer` is :class:`~ghninit.graph.trace.LeafTracer` whose proxies also carry the
-value the op returns on the example input: every recorded op (and every leaf module) is run on
-those values as it is recorded. Where symbolic tracing stops (``bool()`` of a traced value, ``len``,
-iteration, ``int()``, ``isinstance(x, torch.Tensor)``) the tracer answers with the value instead and
-records nothing, so the control flow that depends on values (detectors' box selection, shape
-checks on the input) follows the example. Everything symbolic tracing records is recorded the same
-way, by the same leaf decisions, so for a model both can trace the fx graph, and so the GHN graph,
-is the same. Values may live on the ``meta`` device (no memory); ops that need real numbers then fail.
+:class:`ConcreteTracer` is :class:`~ghninit.graph.leaf_tracer.LeafTracer` whose proxies
+(:mod:`~ghninit.graph.proxies`) also carry the value the op returns on the example input: every
+recorded op (and every leaf module) is run on those values as it is recorded. Where symbolic
+tracing stops (``bool()`` of a traced value, ``len``, iteration, ``int()``,
+``isinstance(x, torch.Tensor)``) the tracer answers with the value instead and records nothing, so
+the control flow that depends on values (detectors' box selection, shape checks on the input)
+follows the example. Everything symbolic tracing records is recorded the same way, by the same
+leaf decisions, so for a model both can trace the fx graph, and so the GHN graph, is the same.
+Values may live on the ``meta`` device (no memory); ops that need real numbers then fail.
+:func:`~ghninit.graph.trace.trace_model` chooses between the two ways (it moved there from this module).
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import inspect
-import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -25,144 +25,16 @@ import torch.nn as nn
 from torch import fx
 from torch.utils._pytree import tree_map
 
-from ..errors import TraceError
-from .example_inputs import example_call, infer_example_inputs, is_torchvision_detector, small_detection_inputs
-from .trace import LeafTracer, _default_arguments, trace
+from .example_inputs import normalize_inputs
+from .leaf_tracer import LeafTracer, _default_arguments
+from .patches import in_tracing_thread, instance_forward, recorded_constructors
+from .proxies import ConcreteAttribute, ConcreteProxy, _value
+from .traced_numbers import _TRACED_TYPES, TracedFloat, TracedInt
 
-_NO_VALUE = object()
-
-
-def _value(a: Any) -> Any:
-    """``a`` with every traced proxy inside (tuples, lists, dicts, slices) replaced by its value."""
-    if isinstance(a, fx.Proxy):
-        return _proxy_value(a)
-    if isinstance(a, _Traced):
-        return a.plain()
-    if isinstance(a, tuple):
-        items = [_value(x) for x in a]
-        return type(a)(*items) if hasattr(a, "_fields") else tuple(items)
-    if isinstance(a, list):
-        return [_value(x) for x in a]
-    if isinstance(a, dict):
-        return (
-            type(a)({k: _value(v) for k, v in a.items()})
-            if type(a) is not dict
-            else {k: _value(v) for k, v in a.items()}
-        )
-    if isinstance(a, slice):
-        return slice(_value(a.start), _value(a.stop), _value(a.step))
-    return a
-
-
-def _proxy_value(p: fx.Proxy) -> Any:
-    value = p.__dict__.get("value", _NO_VALUE)
-    if value is _NO_VALUE:
-        raise RuntimeError(f"ghninit: no example value recorded for {p!r}")
-    return value
-
-
-class ConcreteProxy(fx.Proxy):
-    """An fx proxy that also holds the value its op returned on the example input."""
-
-    def __getattr__(self, k: str) -> ConcreteAttribute:
-        if k.startswith("__") and k.endswith("__"):
-            raise AttributeError(k)
-        return ConcreteAttribute(self, k)
-
-    def __bool__(self) -> bool:
-        return bool(_proxy_value(self))
-
-    def __len__(self) -> int:
-        return len(_proxy_value(self))
-
-    def __int__(self) -> int:
-        return int(_proxy_value(self))
-
-    def __index__(self) -> int:
-        return _proxy_value(self).__index__()
-
-    def __float__(self) -> float:
-        return float(_proxy_value(self))
-
-    def __contains__(self, item: object) -> bool:
-        return _value(item) in _proxy_value(self)
-
-    def __setitem__(self, key: Any, item: Any) -> None:  # in place, as on the value
-        self.tracer.create_proxy("call_function", operator.setitem, (self, key, item), {})
-
-    def __iter__(self) -> Iterator[fx.Proxy]:
-        value = _proxy_value(self)
-        if isinstance(value, Mapping):
-            return iter(list(value.keys()))
-        return (self[i] for i in range(len(value)))
-
-    def keys(self):  # ``**x`` and ``x.keys()`` on a traced mapping
-        value = _proxy_value(self)
-        if isinstance(value, Mapping):
-            return value.keys()
-        return super().keys()
-
-
-class ConcreteAttribute(ConcreteProxy, fx.proxy.Attribute):
-    """``x.attr`` of a traced value: a node only when used as a value, a method call otherwise."""
-
-    def __init__(self, root: ConcreteProxy, attr: str):
-        fx.proxy.Attribute.__init__(self, root, attr)
-        self.value = getattr(_proxy_value(root), attr)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> fx.Proxy:
-        return self.tracer.create_proxy("call_method", self.attr, (self.root, *args), kwargs)
-
-
-class _Traced:
-    """Mixin of :class:`TracedInt` and :class:`TracedFloat`: the fx node a number came from."""
-
-    node: fx.Node
-    tracer: ConcreteTracer
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.node.name}={self.plain()!r})"
-
-    def plain(self) -> int | float:
-        return type(self).__mro__[2](self)
-
-    def __reduce__(self):  # copies are plain numbers
-        return (type(self).__mro__[2], (self.plain(),))
-
-
-class TracedInt(_Traced, int):
-    """A number read from a traced value (``x.shape[0]``, ``x.size(1) // p``): a real ``int`` to PyTorch
-    and Python (``t.expand(n, -1)``, ``torch.stack(..., dim=x.dim())``, ``range(n)``), and an fx node
-    to the ops it feeds: arithmetic on it is recorded as fx records it, so shape edges are kept."""
-
-
-class TracedFloat(_Traced, float):
-    """As :class:`TracedInt`, for a ``float``."""
-
-
-_TRACED_TYPES = {int: TracedInt, float: TracedFloat}
-
-
-def _traced_op(name: str, reflected: bool = False):
-    target = getattr(operator, name)
-
-    def op(self, *other):
-        if other and not isinstance(other[0], int | float | fx.Proxy):
-            return NotImplemented
-        args = (other[0], self) if reflected else (self, *other)
-        return self.tracer.create_proxy("call_function", target, args, {})
-
-    return op
-
-
-for _cls in (TracedInt, TracedFloat):
-    for _name in ("add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "lshift", "rshift", "and_", "or_", "xor"):
-        if hasattr(_cls.__mro__[2], f"__{_name.strip('_')}__"):
-            setattr(_cls, f"__{_name.strip('_')}__", _traced_op(_name))
-            setattr(_cls, f"__r{_name.strip('_')}__", _traced_op(_name, reflected=True))
-    for _name in ("neg", "pos", "abs", "invert"):
-        if hasattr(_cls.__mro__[2], f"__{_name}__"):
-            setattr(_cls, f"__{_name}__", _traced_op(_name))
+__all__ = [
+    "ConcreteAttribute", "ConcreteProxy", "ConcreteTracer", "TracedFloat", "TracedInt", "normalize_inputs",
+    "trace_with_inputs",
+]  # fmt: skip
 
 
 class ConcreteTracer(LeafTracer):
@@ -220,12 +92,12 @@ class ConcreteTracer(LeafTracer):
         raise RuntimeError(f"ghninit: unexpected fx node kind {kind!r}")  # pragma: no cover
 
     def call_module(self, m, forward, args, kwargs):
-        if self._running_leaf:
+        if self._running_leaf or not in_tracing_thread():
             return forward(*args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
-        if self._running_leaf:
+        if self._running_leaf or not in_tracing_thread():
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
@@ -248,32 +120,6 @@ class ConcreteTracer(LeafTracer):
             raise
 
 
-def normalize_inputs(model: nn.Module, example_inputs: Any) -> dict[str, Any]:
-    """Map ``example_inputs`` to the names of ``model.forward``'s parameters.
-
-    ``example_inputs`` is a tuple of positional arguments, a dict of keyword arguments, or a single
-    argument (a tensor, or a list of images for a torchvision detector).
-    """
-    params = list(inspect.signature(model.forward).parameters.values())
-    args, kwargs = example_call(example_inputs)
-    if kwargs:
-        names = {p.name for p in params}
-        unknown = [k for k in kwargs if k not in names]
-        if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
-            raise TypeError(
-                f"example_inputs names {unknown}, which {type(model).__name__}.forward does not take "
-                f"(its arguments: {[p.name for p in params]})"
-            )
-        return kwargs
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(args) > len(positional):
-        raise TypeError(
-            f"example_inputs has {len(args)} positional values but {type(model).__name__}.forward "
-            f"takes {len(positional)} ({[p.name for p in positional]})"
-        )
-    return {p.name: a for p, a in zip(positional, args)}
-
-
 def trace_with_inputs(
     model: nn.Module, example_inputs: Any, leaf_modules: Iterable[type] = (), on_meta: bool = False
 ) -> fx.Graph:
@@ -291,7 +137,7 @@ def trace_with_inputs(
         _swap_to_meta(model)
         inputs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, inputs)
     tracer = ConcreteTracer(leaf_modules, inputs)
-    with torch.no_grad(), _recorded_constructors(), _plain_forward(model):
+    with torch.no_grad(), recorded_constructors(), _plain_forward(model):
         return tracer.trace(model, concrete_args=fixed or None)
 
 
@@ -308,21 +154,19 @@ def _swap_to_meta(model: nn.Module) -> None:
                     store[name] = memo[id(t)]
 
 
-@contextlib.contextmanager
-def _plain_forward(model: nn.Module) -> Iterator[None]:
+def _plain_forward(model: nn.Module) -> contextlib.AbstractContextManager:
     """A ``forward`` behind a ``(self, *args, **kwargs)`` decorator (Hugging Face's ``can_return_tuple``)
     is called through a function with the named parameters of the decorated one: fx reads those
-    names but would call the decorator with them as positional arguments."""
+    names but would call the decorator with them as positional arguments. Only ``model`` sees it."""
     cls = type(model)
-    forward = cls.__dict__.get("forward") or cls.forward
+    forward = cls.forward
     code = getattr(forward, "__code__", None)
     if (
         not hasattr(forward, "__wrapped__")
         or code is None
         or not code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS)
     ):
-        yield
-        return
+        return contextlib.nullcontext()
     params = list(inspect.signature(inspect.unwrap(forward)).parameters.values())[1:]
     kept = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     header = ", ".join(p.name if p.default is p.empty else f"{p.name}=defaults[{p.name!r}]" for p in kept)
@@ -330,174 +174,4 @@ def _plain_forward(model: nn.Module) -> Iterator[None]:
     source = f"def forward(self, {header}):\n    return decorated(self, {call})\n"
     scope: dict[str, Any] = {"decorated": forward, "defaults": {p.name: p.default for p in kept}}
     exec(compile(source, f"<ghninit forward of {cls.__name__}>", "exec"), scope)  # noqa: S102 - names from a signature
-    had_own = "forward" in cls.__dict__
-    cls.forward = scope["forward"]
-    try:
-        yield
-    finally:
-        if had_own:
-            cls.forward = forward
-        else:
-            del cls.forward
-
-
-# Factories whose argument parser reads a traced value as a sequence (it has __len__), not as its value.
-_CONSTRUCTORS = (
-    "tensor", "as_tensor", "scalar_tensor", "ones", "zeros", "empty", "full", "rand", "randn", "randint", "arange",
-    "linspace", "eye",
-)  # fmt: skip
-
-
-_ON_VALUES = ("finfo", "iinfo")  # torch.finfo(x.dtype): called on the value
-
-
-@contextlib.contextmanager
-def _recorded_constructors() -> Iterator[None]:
-    """``torch.tensor(x.shape[1])``, ``torch.ones(B, N)`` and the like are recorded (run on the values)."""
-
-    def wrap(fn):
-        def wrapper(*args, **kwargs):
-            proxy = next((a for a in _flat(args, kwargs) if isinstance(a, ConcreteProxy)), None)
-            if proxy is None:
-                return fn(*args, **kwargs)
-            return proxy.tracer.create_proxy("call_function", fn, args, kwargs)
-
-        return wrapper
-
-    def on_values(fn):  # dtype information: nothing to record
-        return lambda *args, **kwargs: fn(*_value(args), **_value(kwargs))
-
-    saved = {name: getattr(torch, name) for name in (*_CONSTRUCTORS, *_ON_VALUES)}
-    try:
-        for name, fn in saved.items():
-            setattr(torch, name, on_values(fn) if name in _ON_VALUES else wrap(fn))
-        builtins.isinstance = _isinstance_of_value
-        yield
-    finally:
-        builtins.isinstance = _ISINSTANCE
-        for name, fn in saved.items():
-            setattr(torch, name, fn)
-
-
-_ISINSTANCE = builtins.isinstance
-
-
-def _isinstance_of_value(obj: Any, cls: Any) -> bool:
-    """``isinstance`` while tracing: a traced value is an instance of what its value is.
-
-    Python code asks (``isinstance(images, list)``, ``isinstance(x, torch.Tensor)``); C code does not
-    see this (lying to it through ``__class__`` would let it read a proxy as a tensor).
-    """
-    if _ISINSTANCE(obj, cls):
-        return True
-    if type(obj) is ConcreteProxy or type(obj) is ConcreteAttribute:
-        value = obj.__dict__.get("value", _NO_VALUE)
-        return value is not _NO_VALUE and _ISINSTANCE(value, cls)
-    return False
-
-
-def _flat(args: tuple, kwargs: dict) -> list:
-    out: list = []
-    stack = [*args, *kwargs.values()]
-    while stack:
-        a = stack.pop()
-        if isinstance(a, fx.Proxy):
-            out.append(a)
-        elif type(a) in (list, tuple, dict):
-            stack.extend(a.values() if isinstance(a, dict) else a)
-    return out
-
-
-SYMBOLIC = "symbolic"
-EXAMPLE_INPUT = "example input"
-
-
-def trace_model(
-    model: nn.Module, leaf_modules: Iterable[type] = (), example_inputs: Any = None
-) -> tuple[fx.Graph, str]:
-    """The fx graph of ``model`` and how it was obtained (:data:`SYMBOLIC` or :data:`EXAMPLE_INPUT`).
-
-    Without ``example_inputs``, symbolic tracing first; when it fails, tracing with an inferred
-    example input (:func:`~ghninit.graph.example_inputs.infer_example_inputs`). With
-    ``example_inputs``, tracing with them. The example run happens in the model's mode, then in
-    eval mode if that fails (a detector in training mode wants targets); the model's modes,
-    buffers (BatchNorm statistics) and the random number generators are left as they were.
-
-    Raises:
-        TraceError: when neither way works, with both reasons and how to fix it.
-    """
-    leaf_modules = tuple(leaf_modules)
-    symbolic_error: TraceError | None = None
-    inferred = example_inputs is None
-    if inferred:
-        attributes = _attributes(model)
-        try:
-            return trace(model, leaf_modules), SYMBOLIC
-        except TraceError as err:
-            symbolic_error = err
-            _restore_attributes(attributes)  # a failed trace may have cached proxies on modules
-        try:
-            example_inputs = infer_example_inputs(model)
-        except TraceError as err:
-            raise TraceError(f"{symbolic_error}\nTracing with an example input instead: {err}") from symbolic_error
-    normalize_inputs(model, example_inputs)  # wrong names or counts: a TypeError now, not after two runs
-    context = small_detection_inputs(model) if inferred else contextlib.nullcontext()
-    errors = []
-    already_meta = any(p.device.type == "meta" for p in model.parameters())
-    # torchvision's detectors want targets in training mode and real numbers for their box selection
-    detector = is_torchvision_detector(model)
-    with context:
-        for eval_mode in (False, True) if model.training and not detector else (True,):
-            for on_meta in (False,) if already_meta or detector else (True, False):  # meta first: no arithmetic
-                with _state_kept(model):
-                    if eval_mode:
-                        model.eval()
-                    try:
-                        graph = trace_with_inputs(model, example_inputs, leaf_modules, on_meta=on_meta)
-                        return graph, EXAMPLE_INPUT
-                    except Exception as err:  # any failure of the model's own code on the example
-                        if not on_meta:
-                            mode = "eval" if eval_mode else "training"
-                            errors.append(f"{mode} mode: {type(err).__name__}: {err}")
-    reasons = "\n  ".join(errors)
-    before = f"{symbolic_error}\n" if symbolic_error else ""
-    raise TraceError(
-        f"{before}Tracing {type(model).__name__} with an example input failed too:\n  {reasons}\n"
-        "Fix: pass example_inputs= that the model's forward accepts (a tuple of positional arguments, "
-        "a dict of keyword arguments or one tensor), or keep the failing module as a leaf with leaf_modules=."
-    )
-
-
-@contextlib.contextmanager
-def _state_kept(model: nn.Module) -> Iterator[None]:
-    """Restore what an example run may change: modes, buffers, attributes a forward sets, the CPU RNG."""
-    attributes = _attributes(model)
-    buffers = [(b, b.clone()) for b in model.buffers() if b.device.type != "meta"]
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            _restore_attributes(attributes)  # e.g. anchors cached as traced values
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
-
-
-def _attributes(model: nn.Module) -> list[tuple[nn.Module, dict, dict]]:
-    """Each module's attributes, and the contents of its dicts (hooks, sub-layers, parameters)."""
-    return [
-        (m, dict(vars(m)), {k: dict(v) for k, v in vars(m).items() if isinstance(v, dict)}) for m in model.modules()
-    ]
-
-
-def _restore_attributes(attributes: list[tuple[nn.Module, dict, dict]]) -> None:
-    """Undo what a (traced) forward set on the modules: new attributes, and hooks a library adds at its first call."""
-    for m, saved, contents in attributes:
-        for k in [k for k in vars(m) if k not in saved]:
-            delattr(m, k)
-        vars(m).update(saved)
-        for k, items in contents.items():
-            now = vars(m)[k]
-            if len(now) != len(items) or any(now.get(n, _NO_VALUE) is not v for n, v in items.items()):
-                now.clear()
-                now.update(items)
+    return instance_forward(model, scope["forward"])

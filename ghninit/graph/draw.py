@@ -73,22 +73,32 @@ def graph_stats(graph: Graph) -> dict:
         reference's ``Graph.properties``), and ``primitives``: the count of each primitive, most
         frequent first.
     """
-    import networkx as nx
-
     n, real = len(graph), graph.real_edges
-    undirected = nx.Graph()
-    undirected.add_nodes_from(range(n))
-    undirected.add_edges_from((int(s), int(d)) for s, d, _ in real)
+    pairs_of_nodes = {(min(s, d), max(s, d)) for s, d in real[:, :2].tolist() if s != d}
+    neighbours: list[list[int]] = [[] for _ in range(n)]
+    for s, d in pairs_of_nodes:
+        neighbours[s].append(d)
+        neighbours[d].append(s)
     total = pairs = 0
-    for _, lengths in nx.all_pairs_shortest_path_length(undirected):
-        total += sum(lengths.values())
-        pairs += len(lengths) - 1
+    for source in range(n):  # breadth-first from every node: no networkx needed
+        seen, frontier, distance = {source}, [source], 0
+        while frontier:
+            distance += 1
+            nxt = []
+            for v in frontier:
+                for w in neighbours[v]:
+                    if w not in seen:
+                        seen.add(w)
+                        nxt.append(w)
+            total += distance * len(nxt)
+            pairs += len(nxt)
+            frontier = nxt
     return {
         "nodes": n,
         "edges": len(real),
         "virtual_edges": len(graph.virtual_edges),
         "depth": max(len(graph.depth_levels()) - 1, 0),
-        "avg_degree": 2 * undirected.number_of_edges() / max(n, 1),
+        "avg_degree": 2 * len(pairs_of_nodes) / max(n, 1),
         "avg_shortest_path": total / pairs if pairs else 0.0,
         "primitives": dict(Counter(node.primitive for node in graph.nodes).most_common()),
     }
@@ -149,7 +159,10 @@ def draw_graph(
         max_rows: levels per column; longer graphs continue in the next column to the right.
         title: a first line above the node/edge/depth summary (e.g. the model's name).
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(f'drawing a graph needs matplotlib: pip install "ghninit[graph]" ({err})') from err
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -12,6 +12,7 @@ graph does not depend on the image size.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,6 +36,44 @@ def example_call(example_inputs: Any) -> tuple[tuple, dict]:
     if isinstance(example_inputs, tuple):
         return example_inputs, {}
     return (example_inputs,), {}
+
+
+def normalize_inputs(model: nn.Module, example_inputs: Any) -> dict[str, Any]:
+    """Map ``example_inputs`` to the names of ``model.forward``'s parameters (``inspect.Signature.bind``).
+
+    ``example_inputs`` is a tuple of positional arguments, a dict of keyword arguments, or a single
+    argument (a tensor, or a list of images for a torchvision detector). Keyword arguments that
+    ``forward`` takes through ``**kwargs`` keep their own names.
+
+    Raises:
+        TypeError: naming the arguments ``forward`` does not take.
+    """
+    signature = inspect.signature(model.forward)
+    params = list(signature.parameters.values())
+    args, kwargs = example_call(example_inputs)
+    unknown = [k for k in kwargs if k not in signature.parameters]
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params):
+        raise TypeError(
+            f"example_inputs names {unknown}, which {type(model).__name__}.forward does not take "
+            f"(its arguments: {[p.name for p in params]})"
+        )
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(args) > len(positional):
+        raise TypeError(
+            f"example_inputs has {len(args)} positional values but {type(model).__name__}.forward "
+            f"takes {len(positional)} ({[p.name for p in positional]})"
+        )
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"example_inputs do not fit {type(model).__name__}.forward{signature}: {err}") from err
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind == inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
