@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .models import ModelSpec, add_model_arguments, build_model, spec_from_args
+from .models import ModelSpec, add_model_arguments, build_model, check_destination, spec_from_args
 
 if TYPE_CHECKING:  # torch is imported when the command runs: `init --help` does without it
     import torch
@@ -71,15 +71,7 @@ def check_output(path: Path, force: bool) -> tuple[Path, str]:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown extension '{path.suffix}'; use .safetensors (default), .pth or .pt")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"{path}: folder '{path.parent}' does not exist; create it first (mkdir -p {path.parent})"
-        )
-    report_path = path.with_name(path.name + ".json")
-    for p in (path, report_path):
-        if p.exists() and not force:
-            raise FileExistsError(f"{p} exists; pass --force to overwrite it, or choose another -o")
-    return report_path, fmt
+    return check_destination(path, force), fmt
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -190,9 +182,7 @@ def run_init(args: argparse.Namespace) -> int:
     output = Path(args.output)
     try:
         if getattr(args, "format", None) == "dcp":
-            from .init_dcp import check_folder
-
-            report_path, fmt = check_folder(output, args.force), "dcp"
+            report_path, fmt = check_destination(output, args.force), "dcp"
         else:
             report_path, fmt = check_output(output, args.force)
         spec = spec_from_args(args)

@@ -31,19 +31,6 @@ import torch.nn as nn
 from .models import ModelSpec, build_model
 
 
-def check_folder(path: Path, force: bool) -> Path:
-    """The report path for a DCP folder ``path``; raises ``FileExistsError``/``FileNotFoundError``."""
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"{path}: folder '{path.parent}' does not exist; create it first (mkdir -p {path.parent})"
-        )
-    report_path = path.with_name(path.name + ".json")
-    for p in (path, report_path):
-        if p.exists() and not force:
-            raise FileExistsError(f"{p} exists; pass --force to overwrite it, or choose another -o")
-    return report_path
-
-
 def _log(message: str) -> None:
     print(f"ghninit: {message}", file=sys.stderr, flush=True)
 

@@ -19,6 +19,7 @@ import difflib
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -290,3 +291,21 @@ def spec_from_args(args) -> ModelSpec:
         spec.kwargs.setdefault(keyword, value)
         spec.size_keyword = keyword
     return spec
+
+
+def check_destination(path: Path, force: bool) -> Path:
+    """The report path (``PATH.json``) for an output at ``path`` (a file or a DCP folder).
+
+    Raises:
+        FileNotFoundError: the parent folder does not exist.
+        FileExistsError: ``path`` or its report exists and ``force`` is not set.
+    """
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"{path}: folder '{path.parent}' does not exist; create it first (mkdir -p {path.parent})"
+        )
+    report_path = path.with_name(path.name + ".json")
+    for p in (path, report_path):
+        if p.exists() and not force:
+            raise FileExistsError(f"{p} exists; pass --force to overwrite it, or choose another -o")
+    return report_path
