@@ -2,9 +2,9 @@
 
 The reference updates one node at a time. Here all nodes of one depth level (no edges between
 them) are updated together, which gives the same result because a node only reads nodes that
-come before it in the sweep. Per level, messages from all earlier nodes are one dense matrix
-product with the (virtual-)edge weights; the MLP of each node's state is computed once, right
-after that node is updated. No tensor is modified in place, so the sweep can be trained.
+come before it in the sweep. Per level, the messages on the level's incoming (virtual-)edges are
+gathered and summed with their weights, so time and memory grow with the edge count; the MLP of
+each node's state is computed once, right after that node is updated.
 """
 
 from __future__ import annotations
@@ -31,25 +31,54 @@ class MLP(nn.Sequential):
 
 
 class SweepPlan:
-    """Per-sweep node order, level boundaries and permuted edge-weight matrices of one graph."""
+    """Per-sweep node order, level boundaries and the incoming edges of each level of one graph.
+
+    Edges are kept as lists (no n x n matrix), so memory and time grow with the edge count. For
+    each level: the sending row in the stacked message buffer (``stream * n + rank``), the
+    receiving row within the level, and the edge weight (1 for real edges; ``1 / distance`` for
+    the virtual-edge stream, which also carries the real edges at distance 1).
+    """
 
     def __init__(self, n: int, edges: np.ndarray, levels: list[np.ndarray], reverse: bool, device):
         order = np.concatenate(levels) if levels else np.zeros(0, dtype=np.int64)
+        self.n = n
         self.order = torch.as_tensor(order, device=device)
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(n, device=device)
         self.bounds = np.cumsum([0] + [len(lv) for lv in levels]).tolist()
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n)
-        # Row = receiving node, column = sending node, both in sweep order.
+        edges = np.asarray(edges).reshape(-1, 3)
         recv, send = (edges[:, 0], edges[:, 1]) if reverse else (edges[:, 1], edges[:, 0])
-        real = torch.zeros(n, n)
-        virtual = torch.zeros(n, n)
-        real[rank[recv[edges[:, 2] == 1]], rank[send[edges[:, 2] == 1]]] = 1.0
-        virtual[rank[recv], rank[send]] = torch.as_tensor(1.0 / edges[:, 2], dtype=torch.float32)
-        self.real = real.to(device)
-        # [real | virtual]: one product with the stacked (mlp, mlp_ve) messages of all nodes.
-        self.both = torch.cat([real, virtual], 1).to(device)
+        real = edges[:, 2] == 1
+        self.real = self._per_level(rank[recv[real]], rank[send[real]], np.ones(int(real.sum())), device)
+        # Stream 0 (mlp) reads real edges, stream 1 (mlp_ve) every edge weighted by 1 / distance.
+        both_recv = np.concatenate([rank[recv[real]], rank[recv]])
+        both_send = np.concatenate([rank[send[real]], n + rank[send]])
+        both_weight = np.concatenate([np.ones(int(real.sum())), 1.0 / edges[:, 2]])
+        self.both = self._per_level(both_recv, both_send, both_weight, device)
+
+    def _per_level(self, recv: np.ndarray, send: np.ndarray, weight: np.ndarray, device) -> list:
+        """(receiving row in level, sending row, weight) tensors for each level; None if no edge.
+
+        A repeated (receiver, sender) pair counts once, as one matrix entry did.
+        """
+        pairs, first = np.unique(np.stack([recv, send], 1), axis=0, return_index=True)
+        recv, send, weight = pairs[:, 0], pairs[:, 1], weight[first]
+        cuts = np.searchsorted(recv, self.bounds)  # np.unique sorted the pairs by receiver
+        per_level = []
+        for start, lo, hi in zip(self.bounds[:-1], cuts[:-1], cuts[1:]):
+            if lo == hi:
+                per_level.append(None)
+                continue
+            per_level.append(
+                (
+                    torch.as_tensor(recv[lo:hi] - start, device=device),
+                    torch.as_tensor(send[lo:hi], device=device),
+                    torch.as_tensor(weight[lo:hi], dtype=torch.float32, device=device)[:, None],
+                )
+            )
+        return per_level
 
 
 class GatedGNN(nn.Module):
@@ -74,18 +103,21 @@ class GatedGNN(nn.Module):
         message = self._message_fn()
         gru = (self.gru.weight_ih, self.gru.weight_hh, self.gru.bias_ih, self.gru.bias_hh)
         streams = 2 if self.ve else 1
-        adjacency = plan.both if self.ve else plan.real
-        # Messages sent by every node so far, (mlp, mlp_ve) stacked: rows of nodes not yet
-        # updated stay zero and their adjacency columns are zero too. Updated out of place, so
-        # the sweep stays differentiable.
-        sent = x.new_zeros(streams, n, hid)
+        incoming = plan.both if self.ve else plan.real
+        # Messages sent by every node so far, the (mlp, mlp_ve) streams stacked as rows
+        # stream * n + rank. A level only reads rows of earlier levels, and gathering saves no
+        # values for backward, so each level's rows can be written in place (autograd-safe).
+        sent = x.new_zeros(streams * n, hid)
         states = []
-        for start, end in zip(plan.bounds[:-1], plan.bounds[1:]):
-            m = adjacency[start:end] @ sent.view(streams * n, hid)
+        for (start, end), edges in zip(zip(plan.bounds[:-1], plan.bounds[1:]), incoming):
+            m = x.new_zeros(end - start, hid)
+            if edges is not None:
+                recv, send, weight = edges
+                m = m.index_add(0, recv, sent.index_select(0, send) * weight)
             h = torch.gru_cell(m, x[start:end], *gru)
             states.append(h)
             out = message(h).view(end - start, streams, hid).transpose(0, 1)
-            sent = torch.slice_scatter(sent, out, dim=1, start=start, end=end)
+            sent.view(streams, n, hid)[:, start:end] = out
         return torch.cat(states)[plan.inverse]
 
     def _message_fn(self):
