@@ -65,19 +65,14 @@ class SweepPlan:
         """
         pairs, first = np.unique(np.stack([recv, send], 1), axis=0, return_index=True)
         recv, send, weight = pairs[:, 0], pairs[:, 1], weight[first]
-        cuts = np.searchsorted(recv, self.bounds)  # np.unique sorted the pairs by receiver
+        cuts = np.searchsorted(recv, self.bounds).tolist()  # np.unique sorted the pairs by receiver
+        level = np.repeat(np.arange(len(self.bounds) - 1), np.diff(self.bounds))
+        local = torch.as_tensor(recv - np.asarray(self.bounds)[level[recv]], device=device)
+        send_t = torch.as_tensor(send, device=device)
+        weight_t = torch.as_tensor(weight, dtype=torch.float32, device=device)[:, None]
         per_level = []
-        for start, lo, hi in zip(self.bounds[:-1], cuts[:-1], cuts[1:]):
-            if lo == hi:
-                per_level.append(None)
-                continue
-            per_level.append(
-                (
-                    torch.as_tensor(recv[lo:hi] - start, device=device),
-                    torch.as_tensor(send[lo:hi], device=device),
-                    torch.as_tensor(weight[lo:hi], dtype=torch.float32, device=device)[:, None],
-                )
-            )
+        for lo, hi in zip(cuts[:-1], cuts[1:]):  # slices are views: no copy per level
+            per_level.append((local[lo:hi], send_t[lo:hi], weight_t[lo:hi]) if hi > lo else None)
         return per_level
 
 
