@@ -59,14 +59,16 @@ class _Doubler(nn.Module):
 
 
 class _Inline(nn.Module):
-    """``nn.ReLU()``, ``nn.Dropout`` and a parameter-free module of its own created in ``forward``."""
+    """``nn.ReLU()``, ``nn.Dropout``, a parameter-free module of its own and a ``Sequential`` of one of its
+    layers created in ``forward``."""
 
     def __init__(self):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 10)
 
     def forward(self, x):
-        h = nn.Dropout(0.1)(nn.ReLU()(self.fc1(x)))
+        h = nn.Sequential(self.fc1, nn.ReLU())(x)  # holds one of the model's layers
+        h = nn.Dropout(0.1)(h)
         return self.fc2(_Doubler()(nn.Sequential(nn.GELU(), nn.Identity())(h)))
 
 
@@ -115,13 +117,42 @@ def test_modules_made_in_forward_trace_as_their_function_calls_on_both_paths(rul
     assert not any(n.op == "call_module" and n.target not in ("fc1", "fc2") for n in trace(inline).nodes), names
 
 
+class _Offset(nn.Module):
+    """Parameter-free, with a buffer: made per call, its buffer is a constant of the trace."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("table", torch.arange(n).float())
+
+    def forward(self, x):
+        return x + self.table
+
+
+class _BufferInForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(_Offset(8)(self.fc1(x)))
+
+
+def test_a_module_with_a_buffer_made_in_forward_leaves_the_model_as_it_was():
+    for example in (None, torch.randn(2, 8)):
+        model = _BufferInForward()
+        before = dict(vars(model))
+        graph = build_graph(model, example_inputs=example)
+        assert not graph.uncovered and [n.module for n in graph.nodes if n.param] == ["fc1", "fc1", "fc2", "fc2"]
+        assert vars(model).keys() == before.keys()  # fx's _tensor_constant0 is not left on the model
+
+
 def test_a_module_with_parameters_made_in_forward_is_an_error_naming_it():
     model = _LinearInForward()
     for example in (None, torch.randn(2, 8)):
         with pytest.raises(TraceError) as err:
             trace_model(model, example_inputs=example)
         message = str(err.value)
-        assert "torch.nn.modules.linear.Linear (with 36 parameters)" in message
+        assert "torch.nn.modules.linear.Linear (with 36 parameters not in the model)" in message
         assert "module 'head'" in message and "not a submodule of the model" in message
         assert "create it in __init__" in message
         assert "NameError" not in message

@@ -81,6 +81,7 @@ class LeafTracer(fx.Tracer):
         self.childless_leaf_types = _torchvision_op_types()
         self._path_stack: list[str] = []
         self._traceable: dict[int, bool] = {}
+        self._model_parameters: set[int] | None = None  # ids of the traced model's parameters
         self.failed_module: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -106,7 +107,14 @@ class LeafTracer(fx.Tracer):
         """fx's trace, one at a time in the process; its class-level patches answer other threads as the originals."""
         with tracing():
             record_script_calls()
-            return super().trace(root, concrete_args)
+            before = set(vars(root)) if isinstance(root, nn.Module) else set()
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                # fx stores each tensor constant it meets (a buffer of a module made in forward,
+                # torch.ones(1) in forward) on the root as _tensor_constantN: the graph does not need them
+                for name in [k for k in vars(root) if k not in before and k.startswith("_tensor_constant")]:
+                    delattr(root, name)
 
     def call_module(self, m, forward, args, kwargs):
         if not in_tracing_thread():  # fx patched nn.Module.__call__ for every thread: not ours to record
@@ -134,20 +142,23 @@ class LeafTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def _check_outside_module(self, m: nn.Module) -> None:
-        """A module that is not the model's, called on traced values, must have no parameters.
+        """A module that is not the model's, called on traced values, must have no parameters of its own.
 
         Made in ``forward`` (``nn.Linear(8, 8)(x)``) or held outside the model (a plain dict or list
         attribute), its parameters are not the model's: no GHN can predict them and no optimiser of
-        the model trains them. Without parameters it is a function call, traced through.
+        the model trains them. Without parameters, or holding only the model's own layers
+        (``nn.Sequential(self.fc, nn.ReLU())`` made in ``forward``), it is traced through.
         """
-        count = sum(p.numel() for p in m.parameters())
+        if self._model_parameters is None:
+            self._model_parameters = {id(p) for p in self.root.parameters()}
+        count = sum(p.numel() for p in m.parameters() if id(p) not in self._model_parameters)
         if not count:
             return
         where = self._path_stack[-1] if self._path_stack else ""
         kind = f"{type(m).__module__}.{type(m).__qualname__}"
         caller = f"the forward of module '{where}'" if where else "the model's forward"
         raise TraceError(
-            f"{kind} (with {count:,} parameters) is called in {caller} but is not a submodule of the model "
+            f"{kind} (with {count:,} parameters not in the model) is called in {caller} but is not a submodule of the model "
             "(made inside forward, or held outside the module tree), so its parameters are not the "
             "model's and cannot be initialised. Fix: create it in __init__ and assign it to an attribute "
             "(self.layer = ...) or put it in an nn.ModuleList/nn.ModuleDict."
