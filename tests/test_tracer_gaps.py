@@ -349,6 +349,7 @@ class _HasScriptedModule(nn.Module):
 
 def test_a_scripted_submodule_is_a_leaf_reported_as_kept():
     model = _HasScriptedModule()
+    weight = model.block.fc.weight.detach().clone()
     for example in (None, torch.randn(2, 8)):
         graph = build_graph(model, example_inputs=example)
         assert [n.module for n in graph.nodes if n.param] == ["head", "head"]
@@ -356,6 +357,9 @@ def test_a_scripted_submodule_is_a_leaf_reported_as_kept():
         # the reason is that it has no rule (it ran), not that it is off the path to the output
         assert all("RecursiveScriptModule, a leaf without a GHN rule" in why for why in graph.uncovered.values())
     assert [n.target for n in trace(model).nodes if n.op == "call_module"] == ["block", "head"]
+    # the meta run did not leave meta tensors in the C++ module (its stores write through)
+    assert model.block.fc.weight.device.type == "cpu" and torch.equal(model.block.fc.weight, weight)
+    assert model(torch.randn(2, 8)).shape == (2, 10)
 
 
 def test_script_functions_in_another_thread_during_a_trace_run_as_usual():
