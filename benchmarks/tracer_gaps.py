@@ -97,7 +97,8 @@ def _row(name: str, build) -> str:
     except Exception as err:  # the table records the failure
         first = str(err).strip().splitlines()
         reason = next((line.strip() for line in first if "mode:" in line), first[0] if first else "")
-        return f"| {name} | {sum(p.numel() for p in model.parameters()):,} | failed | {type(err).__name__}: {reason[:120]} |"
+        total = sum(p.numel() for p in model.parameters())
+        return f"| {name} | {total:,} | failed | {type(err).__name__}: {reason[:120]} |"
     seconds = time.perf_counter() - start
     share = 100 * report.n_params_predicted / report.n_params_total
     return f"| {name} | {report.n_params_total:,} | {share:.1f}% | {report.tracing}, {seconds:.2f} s |"

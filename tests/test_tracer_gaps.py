@@ -317,7 +317,10 @@ def test_script_functions_are_recorded_as_ops_on_both_paths():
     model = _CallsScript()
     symbolic = trace(model)
     example = trace_with_inputs(model, torch.randn(2, 8))
-    describe = lambda g: [(n.op, n.name, n.target if n.op != "call_function" else id(n.target)) for n in g.nodes]  # noqa: E731
+
+    def describe(g):
+        return [(n.op, n.name, n.target if n.op != "call_function" else id(n.target)) for n in g.nodes]
+
     assert describe(symbolic) == describe(example)
     scripted = [n for n in symbolic.nodes if isinstance(n.target, torch.jit.ScriptFunction)]
     assert [n.target for n in scripted] == [_scaled, _halves] and [n.name for n in scripted] == ["_scaled", "_halves"]

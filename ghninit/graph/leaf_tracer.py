@@ -158,10 +158,10 @@ class LeafTracer(fx.Tracer):
         kind = f"{type(m).__module__}.{type(m).__qualname__}"
         caller = f"the forward of module '{where}'" if where else "the model's forward"
         raise TraceError(
-            f"{kind} (with {count:,} parameters not in the model) is called in {caller} but is not a submodule of the model "
-            "(made inside forward, or held outside the module tree), so its parameters are not the "
-            "model's and cannot be initialised. Fix: create it in __init__ and assign it to an attribute "
-            "(self.layer = ...) or put it in an nn.ModuleList/nn.ModuleDict."
+            f"{kind} (with {count:,} parameters not in the model) is called in {caller} but is not a "
+            "submodule of the model (made inside forward, or held outside the module tree), so its "
+            "parameters are not the model's and cannot be initialised. Fix: create it in __init__ and "
+            "assign it to an attribute (self.layer = ...) or put it in an nn.ModuleList/nn.ModuleDict."
         )
 
 
