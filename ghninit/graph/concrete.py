@@ -142,9 +142,16 @@ def trace_with_inputs(
 
 
 def _swap_to_meta(model: nn.Module) -> None:
-    """Replace every parameter and buffer by a meta tensor of its shape (tied ones stay tied)."""
+    """Replace every parameter and buffer by a meta tensor of its shape (tied ones stay tied).
+
+    TorchScript modules keep theirs: their stores write through to the C++ module, where
+    :func:`~ghninit.graph.trace._state_kept` cannot put the originals back (a scripted leaf then fails
+    on the meta inputs, and the trace runs again on the real tensors).
+    """
     memo: dict[int, torch.Tensor] = {}
     for m in model.modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            continue
         for store in (m._parameters, m._buffers):
             for name, t in store.items():
                 if t is not None and t.device.type != "meta":

@@ -1,7 +1,9 @@
 """The process-wide state a trace touches, confined to the tracing thread and undone to what it was at import.
 
 torch.fx patches ``nn.Module.__call__`` and ``nn.Module.__getattr__`` at class level while it traces,
-and the example-input tracer replaces ``builtins.isinstance``, thirteen torch factories and
+ghninit's tracers replace the ``__call__`` of TorchScript functions and methods (so that a scripted
+function called on traced values is recorded as one op, not handed a proxy it rejects), and the
+example-input tracer replaces ``builtins.isinstance``, thirteen torch factories and
 ``torch.finfo``/``torch.iinfo``. This module makes that safe in processes that do other work at the
 same time: ghninit's traces run one at a time under a re-entrant lock (:func:`tracing`); every
 replacement checks :func:`in_tracing_thread` and behaves exactly as the original in any other
@@ -38,6 +40,8 @@ ON_VALUES = ("finfo", "iinfo")  # torch.finfo(x.dtype): called on the value
 ORIGINAL_ISINSTANCE = builtins.isinstance
 ORIGINAL_TORCH: dict[str, Any] = {name: getattr(torch, name) for name in (*CONSTRUCTORS, *ON_VALUES)}
 ORIGINAL_MODULE: dict[str, Any] = {name: nn.Module.__dict__[name] for name in ("__call__", "__getattr__")}
+SCRIPT_TYPES: tuple[type, ...] = (torch._C.ScriptFunction, torch._C.ScriptMethod)  # @torch.jit.script, scripted methods
+ORIGINAL_SCRIPT_CALL: dict[type, Any] = {cls: cls.__dict__["__call__"] for cls in SCRIPT_TYPES}
 
 _lock = threading.RLock()
 _owner: int | None = None  # thread id of the thread tracing now
@@ -77,6 +81,9 @@ def restore_originals() -> None:
     for name, fn in ORIGINAL_MODULE.items():
         if nn.Module.__dict__.get(name) is not fn:
             setattr(nn.Module, name, fn)
+    for cls, fn in ORIGINAL_SCRIPT_CALL.items():
+        if cls.__dict__.get("__call__") is not fn:
+            cls.__call__ = fn
     for model, cls in list(_swapped.items()):
         model.__class__ = cls
     _swapped.clear()
@@ -158,6 +165,38 @@ def instance_forward(model: nn.Module, forward: Callable) -> Iterator[None]:
         finally:
             model.__class__ = cls
             _swapped.pop(model, None)
+
+
+def _recorded_script_call(cls: type) -> Callable:
+    """``cls.__call__`` that records a call on traced values as one op (in the tracing thread only).
+
+    TorchScript's argument parser is C++ and rejects a proxy. Recorded as a ``call_function`` node
+    whose target is the scripted function, it runs on the values in the example-input tracer (the
+    call then has no proxies and goes to the original) and is an op without a GHN rule in the graph.
+    """
+    original = ORIGINAL_SCRIPT_CALL[cls]
+
+    def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if _owner is not None and _owner == threading.get_ident():
+            proxy = next(iter(_flat(args, kwargs)), None)
+            if proxy is not None:
+                return proxy.tracer.create_proxy("call_function", fn, args, kwargs, name=getattr(fn, "name", None))
+        return original(fn, *args, **kwargs)
+
+    call.__name__ = call.__qualname__ = "__call__"
+    call.__wrapped__ = original  # type: ignore[attr-defined]
+    return call
+
+
+_SCRIPT_CALLS = {cls: _recorded_script_call(cls) for cls in SCRIPT_TYPES}
+
+
+def record_script_calls() -> None:
+    """Install :func:`_recorded_script_call` on TorchScript's function and method types; call inside
+    :func:`tracing`, whose outermost exit puts the originals back (:func:`restore_originals`)."""
+    for cls, call in _SCRIPT_CALLS.items():
+        if cls.__dict__.get("__call__") is not call:
+            cls.__call__ = call
 
 
 def _after_fork_in_child() -> None:

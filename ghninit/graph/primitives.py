@@ -320,10 +320,10 @@ _GATE_FUNCTIONS = (*_SIGMOID_FUNCTIONS, torch.relu, F.relu, "relu", "relu_")
 
 
 def is_shape_query(node: fx.Node) -> bool:
-    """A traced read of a tensor's shape (``x.shape``, ``x.size()``): no data flows through it."""
+    """A traced read of a tensor's shape (``x.shape``, ``x.size()``, ``x.ndim``): no data flows through it."""
     if node.op == "call_method":
         return node.target in _SHAPE_METHODS
-    return node.op == "call_function" and node.target is getattr and node.args[1:2] == ("shape",)
+    return node.op == "call_function" and node.target is getattr and node.args[1:2] in (("shape",), ("ndim",))
 
 
 def _calls(node: object, modules: dict, module_types: tuple, functions: tuple) -> bool:

@@ -2,7 +2,8 @@
 
 :class:`ConcreteProxy` answers what symbolic tracing cannot (``bool()``, ``len``, iteration,
 ``int()``, membership) from its value and records nothing for it; ``_value`` replaces every
-proxy inside a structure by its value.
+proxy inside a structure by its value. A number read as an attribute (``x.ndim``) is a
+:class:`~ghninit.graph.traced_numbers.TracedInt` tied to its ``getattr`` node, as ``x.shape[0]`` is.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from torch import fx
 
-from .traced_numbers import _Traced
+from .traced_numbers import _TRACED_TYPES, _Traced
 
 _NO_VALUE = object()
 
@@ -50,10 +51,15 @@ def _proxy_value(p: fx.Proxy) -> Any:
 class ConcreteProxy(fx.Proxy):
     """An fx proxy that also holds the value its op returned on the example input."""
 
-    def __getattr__(self, k: str) -> ConcreteAttribute:
+    def __getattr__(self, k: str) -> Any:
         if k.startswith("__") and k.endswith("__"):
             raise AttributeError(k)
-        return ConcreteAttribute(self, k)
+        attribute = ConcreteAttribute(self, k)
+        if type(attribute.value) in _TRACED_TYPES:
+            # x.ndim: a real int (a dict key, a list length), recorded as the getattr node fx records
+            # for it, so what it feeds keeps its edge
+            return self.tracer.create_proxy("call_function", getattr, (self, k), {})
+        return attribute
 
     def __bool__(self) -> bool:
         return bool(_proxy_value(self))
