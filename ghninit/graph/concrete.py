@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch import fx
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .example_inputs import normalize_inputs
 from .leaf_tracer import LeafTracer, _default_arguments
@@ -37,6 +37,75 @@ __all__ = [
 ]  # fmt: skip
 
 
+_META_LEAF_TYPES = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
+
+
+def _meta_signature(obj: Any) -> Any:
+    """A hashable description of ``obj`` from which a meta op's output follows: tensors by their
+    metadata (shape, stride, dtype, device, requires_grad), plain constants by value; None for anything
+    else (a tensor with values, an object whose state the op might read)."""
+    leaves, spec = tree_flatten(obj)
+    out = []
+    for leaf in leaves:
+        if type(leaf) is torch.Tensor or type(leaf) is nn.Parameter:
+            if leaf.device.type != "meta":
+                return None
+            out.append((tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.requires_grad))
+        elif type(leaf) in _META_LEAF_TYPES:
+            out.append((type(leaf), leaf))
+        else:
+            return None
+    return str(spec), tuple(out)
+
+
+def _meta_key(kind: str, target: Any, args: tuple, kwargs: dict, root: nn.Module) -> Any:
+    """The cache key of an op whose inputs all live on ``meta`` (its output's shapes depend on nothing
+    else), or None. In-place ops are never cached: the caller may rely on getting its own tensor back.
+
+    A module counts by its type, configuration (``extra_repr``), mode and parameter and buffer
+    shapes, so the 53 BatchNorms of a ResNet-50 run their Python meta kernels for about a dozen
+    distinct shapes, not 53 times.
+    """
+    if kind == "call_function":
+        name = getattr(target, "__name__", "")
+        home = getattr(target, "__module__", None) or ""
+        if not home.startswith(("torch", "_operator", "math")) and target is not getattr:
+            return None  # a user's function may have side effects a cache would skip
+        if name.endswith("_") or name.startswith("__i") or "out" in kwargs:
+            return None
+        op: Any = target
+    elif kind == "call_method":
+        if target.endswith("_") or "out" in kwargs:
+            return None
+        op = ("method", target)
+    elif kind == "call_module":
+        module = root.get_submodule(target)
+        if not type(module).__module__.startswith("torch.nn."):
+            return None  # only torch's own layers: their output depends on configuration and shapes alone
+        state = _meta_signature(dict(module.named_parameters()) | dict(module.named_buffers()))
+        if state is None:
+            return None
+        op = (type(module), module.extra_repr(), module.training, state)
+    else:
+        return None
+    inputs = _meta_signature((args, kwargs))
+    if inputs is None:
+        return None
+    try:
+        return hash((op, inputs)) and (op, inputs)
+    except TypeError:
+        return None
+
+
+def _fresh_meta(value: Any) -> Any:
+    """A new meta tensor like ``value`` (cached outputs are never handed out twice); others as they are."""
+    if type(value) is torch.Tensor and value.device.type == "meta":
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta").requires_grad_(
+            value.requires_grad
+        )
+    return value
+
+
 class ConcreteTracer(LeafTracer):
     """A :class:`LeafTracer` that runs every recorded op on example values as it records it."""
 
@@ -44,6 +113,7 @@ class ConcreteTracer(LeafTracer):
         super().__init__(leaf_modules)
         self.inputs = dict(inputs or {})
         self._running_leaf = 0  # > 0 while a leaf module runs on plain values
+        self._meta_outputs: dict = {}  # see _run_on_meta
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return ConcreteProxy(node, self)
@@ -78,6 +148,18 @@ class ConcreteTracer(LeafTracer):
                 self._running_leaf -= 1
             return obj
         a, kw = _value(args), _value(kwargs)
+        self._running_leaf += 1  # plain attribute reads while the key is made
+        try:
+            key = _meta_key(kind, target, a, kw, self.root)
+        finally:
+            self._running_leaf -= 1
+        if key is None:
+            return self._run_op(kind, target, a, kw)
+        if key not in self._meta_outputs:
+            self._meta_outputs[key] = self._run_op(kind, target, a, kw)
+        return tree_map(_fresh_meta, self._meta_outputs[key])
+
+    def _run_op(self, kind: str, target: Any, a: tuple, kw: dict) -> Any:
         if kind == "call_function":
             return target(*a, **kw)
         if kind == "call_method":
