@@ -186,7 +186,22 @@ def all_timm_report(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_all_timm(ghn: ghninit.GHN2, limit: int | None, out: Path, command: str) -> int:
+_WORKER_GHN: dict = {}
+
+
+def _measure_in_worker(ghn_source: str, name: str) -> dict:
+    """:func:`measure_meta` in a pool process, which loads the GHN once."""
+    if ghn_source not in _WORKER_GHN:
+        torch.set_num_threads(1)
+        _WORKER_GHN[ghn_source] = ghninit.load_ghn(ghn_source)
+    return measure_meta(name, _WORKER_GHN[ghn_source])
+
+
+def run_all_timm(
+    ghn: ghninit.GHN2, limit: int | None, out: Path, command: str, workers: int = 1, ghn_source: str | None = None
+) -> int:
+    """Every (or ``limit`` evenly spaced) timm architecture through :func:`measure_meta`; ``workers`` > 1
+    measures in that many processes (each loads ``ghn_source``), rows kept in ``timm.list_models()`` order."""
     import timm
 
     names = timm.list_models()
@@ -197,10 +212,24 @@ def run_all_timm(ghn: ghninit.GHN2, limit: int | None, out: Path, command: str) 
     done = {r["model"]: r for r in json.loads(partial.read_text())} if partial.is_file() else {}
     if done:
         print(f"resuming: {len(done)} architectures already measured in {partial}", file=sys.stderr)
-    rows = []
-    for name in tqdm(names, desc="timm (meta)"):
-        rows.append(done.get(name) or measure_meta(name, ghn))
-        partial.write_text(json.dumps(rows, indent=1))  # partial results survive a kill; a rerun resumes
+
+    def save() -> None:  # partial results survive a kill; a rerun resumes
+        partial.write_text(json.dumps([done[n] for n in names if n in done], indent=1))
+
+    todo = [n for n in names if n not in done]
+    if workers > 1 and todo:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(_measure_in_worker, ghn_source, n): n for n in todo}
+            for future in tqdm(as_completed(futures), total=len(todo), desc=f"timm (meta, {workers} processes)"):
+                done[futures[future]] = future.result()
+                save()
+    else:
+        for name in tqdm(todo, desc="timm (meta)"):
+            done[name] = measure_meta(name, ghn)
+            save()
+    rows = [done[n] for n in names]
     text = all_timm_report(rows, command)
     out.write_text(text)
     print(text)
@@ -387,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/coverage.md"), help="markdown output")
     parser.add_argument("--all-timm", action="store_true", help="every timm.list_models() architecture, on meta")
     parser.add_argument("--limit", type=int, help="with --all-timm: an evenly spaced sample of this many")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="with --all-timm: processes measuring at once (default: 1)"
+    )
     parser.add_argument("--families", help=f"comma-separated, of {','.join(FAMILIES)}")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -402,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.all_timm:
         out = args.out if args.out != Path("benchmarks/coverage.md") else Path("benchmarks/coverage_timm.md")
         command = "python benchmarks/coverage.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        return run_all_timm(ghn, args.limit, out, command)
+        return run_all_timm(ghn, args.limit, out, command, args.workers, args.ghn)
     sections = []
     if args.source in ("torchvision", "all"):
         names = args.models or torchvision.models.list_models(module=torchvision.models)
