@@ -39,12 +39,15 @@ class NodeSpec:
         shape: the parameter's shape, or the op's own shape (pooling: ``(1, 1, k, k)``).
         min_inputs: the node is kept only with at least this many distinct inputs
             (``sum`` and ``concat`` use 2).
+        transposed: the parameter is stored as the transpose of ``shape`` (a linear map kept as
+            ``(in, out)``, Hugging Face's ``Conv1D``): the prediction is transposed when written.
     """
 
     primitive: str
     param: str | None = None
     shape: tuple[int, ...] | None = None
     min_inputs: int = 0
+    transposed: bool = False
 
 
 ModuleRule = Callable[[nn.Module], "list[NodeSpec] | None"]
@@ -99,6 +102,14 @@ def function_rule(target: object) -> FunctionRule | None:
         return None
 
 
+def class_path(cls: type) -> str:
+    """Where a class is defined, as users import it: ``torch.nn.GroupNorm``, ``transformers.pytorch_utils.Conv1D``."""
+    module, name = cls.__module__, cls.__qualname__
+    if module.startswith("torch.nn.modules.") and getattr(nn, name, None) is cls:
+        return f"torch.nn.{name}"
+    return f"{module}.{name}"
+
+
 def registered_module_types() -> tuple[type, ...]:
     """All module types that have a rule (these are traced as leaves)."""
     return tuple(t for types, _ in _MODULE_RULES for t in types)
@@ -150,6 +161,28 @@ def _conv3d(module: nn.Module) -> list[NodeSpec] | None:
         primitive = "dil_conv" if min(module.dilation[1:]) > 1 else "sep_conv"
     out, inp, _, kh, kw = module.weight.shape
     nodes = [NodeSpec(primitive, "weight", (out, inp, kh, kw))]
+    if module.bias is not None:
+        nodes.append(NodeSpec("bias", "bias", tuple(module.bias.shape)))
+    return nodes
+
+
+@register_module(nn.Conv1d, nn.ConvTranspose1d)
+def _conv1d(module: nn.Module) -> list[NodeSpec] | None:
+    """A 1-D kernel ``(out, in, k)`` is described as the square 2-D kernel ``(out, in, k, k)``.
+
+    The GHN sees and predicts the ``(k, k)`` kernel it was trained on (DeepNets-1M has square
+    kernels only); :func:`ghninit.write.tensors.collapse` then sums its ``k`` rows into the 1-D
+    kernel, the converse of the I3D inflation of 3-D kernels (:func:`_conv3d`): the 2-D
+    convolution of an image whose rows are all one signal is the 1-D convolution of that signal
+    with the row sum. Groups and dilation choose the primitive as for ``Conv2d``.
+    """
+    if module.weight is None:
+        return None
+    primitive = "conv"
+    if module.groups > 1:
+        primitive = "dil_conv" if module.dilation[0] > 1 else "sep_conv"
+    out, inp, k = module.weight.shape
+    nodes = [NodeSpec(primitive, "weight", (out, inp, k, k))]
     if module.bias is not None:
         nodes.append(NodeSpec("bias", "bias", tuple(module.bias.shape)))
     return nodes
@@ -420,6 +453,21 @@ def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     if bias is not None:
         specs.append(NodeSpec("bias", bias[0], tuple(bias[1].shape)))
     return specs
+
+
+@register_function(torch.addmm)
+def _transposed_linear(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
+    # ``addmm(bias, x, weight)`` with a weight parameter stored (in, out) and a bias parameter (out,)
+    # is a linear layer whose weight is the transpose of nn.Linear's: Hugging Face's Conv1D (GPT-2 and
+    # others) and any layer written the same way. Recognised by this structure, not by
+    # the class: fx traces into such a module, so its call is this one op on two parameters. It is
+    # described as nn.Linear is, ``conv`` (out, in) -> ``bias``, and the prediction written transposed.
+    bias = _parameter_of(_arg(node, 0, "input"), modules)
+    weight = _parameter_of(_arg(node, 2, "mat2"), modules)
+    if weight is None or bias is None or weight[1].dim() != 2 or tuple(bias[1].shape) != weight[1].shape[1:]:
+        return None
+    n_in, n_out = weight[1].shape
+    return [NodeSpec("conv", weight[0], (n_out, n_in), transposed=True), NodeSpec("bias", bias[0], (n_out,))]
 
 
 @register_module(nn.RNNBase)
