@@ -22,6 +22,7 @@ in :mod:`~ghninit.graph.ghn3_passes`). :class:`Graph`, :class:`Node` and the rul
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from dataclasses import is_dataclass
 
@@ -76,8 +77,11 @@ NOT_USED = "not used on the path to the output"
 class _Builder:
     """Turns an fx graph into GHN nodes and real edges."""
 
-    def __init__(self, model: nn.Module, rules: GraphRules = GHN2_RULES, gated: bool = False):
+    def __init__(
+        self, model: nn.Module, rules: GraphRules = GHN2_RULES, gated: bool = False, shapes: frozenset = frozenset()
+    ):
         self.model = model
+        self.shapes = shapes  # fx nodes whose values are shapes or numbers computed from shapes
         self.rules = rules
         self.gated = gated  # the network has a sigmoid/swish op (GHN-3's gated_cse rule)
         self.modules = dict(model.named_modules())
@@ -186,6 +190,8 @@ class _Builder:
             specs = rule(node, self.modules) if rule else None
             if not specs or len(inputs) < specs[0].min_inputs:
                 return inputs
+            if specs[0].primitive == "sum" and any(a in self.shapes for a in node.all_input_nodes):
+                return inputs  # shape arithmetic (``x.size()[:-1] + (n,)``), not a sum of tensors
             return frozenset([self.add_chain(specs, inputs, None, node.name)])
         return inputs
 
@@ -298,6 +304,26 @@ def _hooked_outputs(graph: fx.Graph, model: nn.Module) -> list[fx.Node]:
     return sorted(set(last.values()), key=position.__getitem__)
 
 
+_SHAPE_ARITHMETIC = (
+    operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod, operator.neg,
+)  # fmt: skip
+
+
+def _shape_values(graph: fx.Graph) -> frozenset[fx.Node]:
+    """The nodes whose values are shapes, or tuples and numbers computed from shapes alone."""
+    found: set[fx.Node] = set()
+    for node in graph.nodes:
+        inputs = node.all_input_nodes
+        if is_shape_query(node) or (
+            node.op == "call_function"
+            and node.target in _SHAPE_ARITHMETIC
+            and inputs
+            and all(a in found for a in inputs)
+        ):
+            found.add(node)
+    return frozenset(found)
+
+
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
     seen, stack = set(nodes), list(nodes)
     while stack:
@@ -334,7 +360,7 @@ def build_graph(
     needed = _ancestors(returned)
     modules = dict(model.named_modules())
     gated = rules.gated_cse and is_gated_network((n for n in fx_graph.nodes if n in needed), modules)
-    builder = _Builder(model, rules, gated)
+    builder = _Builder(model, rules, gated, _shape_values(fx_graph))
     outputs: dict[fx.Node, frozenset[int]] = {}
     for node in fx_graph.nodes:
         if node not in needed:

@@ -189,7 +189,7 @@ def _conv1d(module: nn.Module) -> list[NodeSpec] | None:
 
 
 def _spatial(value: int | Iterable[int]) -> tuple[int, int]:
-    """The (height, width) of a 2-D or 3-D pooling window (a 3-D one's last two sizes)."""
+    """The (height, width) of a pooling window: a 3-D one's last two sizes, a 1-D one's size twice."""
     return _pair(value) if isinstance(value, int) else _pair(tuple(value)[-2:])
 
 
@@ -208,18 +208,19 @@ def _layer_norm(module: nn.Module) -> list[NodeSpec] | None:
     return [NodeSpec("ln", "weight", tuple(module.weight.shape))]
 
 
-# 3-D pools (video models) are described by their spatial window, as 2-D ones
-@register_module(nn.MaxPool2d, nn.MaxPool3d)
+# 3-D pools (video models) are described by their spatial window, as 2-D ones; 1-D pools by the
+# square window, as 1-D convolutions are
+@register_module(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool(module: nn.Module) -> list[NodeSpec]:
     return [NodeSpec("max_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
 
 
-@register_module(nn.AvgPool2d, nn.AvgPool3d)
+@register_module(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 def _avg_pool(module: nn.Module) -> list[NodeSpec]:
     return [NodeSpec("avg_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
 
 
-@register_module(nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+@register_module(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 def _adaptive_avg_pool(module: nn.Module) -> list[NodeSpec]:
     return [NodeSpec("glob_avg")]
 
@@ -280,17 +281,17 @@ def _mean(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     return [NodeSpec("glob_avg")] if _arg(node, 2, "keepdim", False) else None
 
 
-@register_function(F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+@register_function(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 def _adaptive_avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("glob_avg")]
 
 
-@register_function(F.max_pool2d)
+@register_function(F.max_pool1d, F.max_pool2d)
 def _max_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("max_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
 
 
-@register_function(F.avg_pool2d)
+@register_function(F.avg_pool1d, F.avg_pool2d)
 def _avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("avg_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
 
