@@ -147,12 +147,20 @@ class Report:
         """One line saying how little was predicted and the largest skipped families, when coverage is low."""
         if not self.low_coverage:
             return None
-        parts = [f"{kind} ({n:,} parameters: {why})" for kind, why, n in self.skipped_families[:families]]
+        parts = [f"{kind}{self._where(why)} ({n:,} parameters: {why})" for kind, why, n in self.skipped_families[:families]]
         largest = "; largest kept as they were: " + "; ".join(parts) if parts else ""
         return (
             f"only {100 * self.fraction_predicted:.1f}% of {self.model}'s {self.n_params_total:,} parameters "
             f"were predicted by the GHN; the rest keep their own initialisation{largest}"
         )
+
+    def _where(self, why: str, shown: int = 2) -> str:
+        """`` at <module paths>`` of the layers skipped as having no GHN rule, else ``""``."""
+        if not why.startswith(("no GHN rule", "not described by the GHN rule")):
+            return ""
+        paths = list(dict.fromkeys(name.rpartition(".")[0] or "<root>" for name, w in self.skipped.items() if w == why))
+        more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+        return f" at {', '.join(paths[:shown])}{more}"
 
     def __str__(self) -> str:
         warning = self.coverage_warning()

@@ -261,7 +261,8 @@ class MostlyMatmul(nn.Module):
 
 
 def test_low_coverage_warning_counts_layers_without_a_rule(ghn):
-    with pytest.warns(UserWarning, match=rf"only \d+\.\d% .*MatmulLinear \(8,192 parameters: no GHN rule for {__name__}"):
+    expected = rf"only \d+\.\d% .*: MatmulLinear at proj \(8,192 parameters: no GHN rule for {__name__}\.MatmulLinear\)"
+    with pytest.warns(UserWarning, match=expected):
         report = ghninit.initialize(MostlyMatmul(), ghn=ghn)
     assert report.skipped_families[0] == ("MatmulLinear", f"no GHN rule for {__name__}.MatmulLinear", 8192)
 
