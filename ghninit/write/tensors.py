@@ -86,8 +86,8 @@ def collapse(block: torch.Tensor, size: int) -> torch.Tensor:
     summed spread about as a kernel normalised for ``in * size`` does. The mean or the middle row
     would be ``size`` or ``sqrt(size)`` times smaller: on the shipped cifar10-mini GHN, 8 Conv1d
     layers (k 2 to 15) get std 0.16-0.31 of He's ``sqrt(2 / (in * k))`` summed, 0.01-0.10 averaged
-    or from the middle row (the GHN's own Conv2d kernels there: 0.04-0.21 of theirs); see
-    docs/coverage.md#1-d-convolutions.
+    or from the middle row (the GHN's own Conv2d kernels there: 0.04-0.21 of theirs;
+    ``benchmarks/conv1d_collapse.py``, docs/every-parameter.md).
     """
     if block.dim() != 4:
         raise ValueError(f"collapse() expects a 2-D kernel (out, in, kh, kw), got shape {tuple(block.shape)}")
