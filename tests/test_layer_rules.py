@@ -100,6 +100,16 @@ def test_conv1d_is_predicted_as_the_row_sum_of_the_2d_prediction(ghn):
     assert torch.equal(model.fc.weight.detach(), square["fc.weight"])
 
 
+def test_conv1d_under_ghn3_is_the_row_sum_of_its_2d_twin():
+    ghn3 = ghninit.GHN3(max_shape=(16, 16, 16, 16), hid=16, layers=1, heads=4, num_classes=10)
+    model, twin = Speech(), Speech(nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)
+    assert _described(build_graph(model, rules=GHN3_RULES)) == _described(build_graph(twin, rules=GHN3_RULES))
+    report, _ = _init(model, ghn3), _init(twin, ghn3)
+    assert len(report.collapsed) == 4
+    for name in report.collapsed:
+        torch.testing.assert_close(model.get_parameter(name).detach(), twin.get_parameter(name).detach().sum(2))
+
+
 # ------------------------------------------------------------------------------------------------
 # row 9: a linear layer stored (in, out) and applied as addmm(bias, x, weight), as HF's Conv1D
 
