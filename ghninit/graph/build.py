@@ -433,6 +433,8 @@ def _output_layer(nodes: list[Node], real: np.ndarray, ends: list[Node]) -> tupl
     if len(ends) != 1:
         return None, None
     index = {id(node): i for i, node in enumerate(nodes)}
+    if id(ends[0]) not in index:  # the output's last node was dropped (GHN-3: a pool not feeding a head)
+        return None, None
     end = index[id(ends[0])]
     if nodes[end].primitive == "bias":
         feeding = real[real[:, 1] == end, 0]
