@@ -444,3 +444,23 @@ def test_kept_tied_embedding_reason_is_that_of_the_layer_that_ran(ghn):
         assert report.skipped[name] == "no GHN rule for torch.nn.Embedding"
     assert not [n for n, why in report.skipped.items() if why == NOT_USED]
     assert "tied: shared.weight kept, shared with encoder.embed_tokens.weight" in str(report)
+
+
+class FunctionalConv1d(nn.Module):
+    """A Conv1d whose weight is used functionally (``F.conv1d(x, self.conv.weight, ...)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 5)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(F.conv1d(x, self.conv.weight, self.conv.bias).mean(-1))
+
+
+def test_functional_conv1d_is_predicted_as_the_module(ghn):
+    graph = build_graph(FunctionalConv1d())
+    node = next(n for n in graph.nodes if n.param == "conv.weight")
+    assert (node.primitive, node.shape) == ("conv", (8, 3, 5, 5)) and not graph.uncovered
+    report = _init(FunctionalConv1d(), ghn)
+    assert report.collapsed == ["conv.weight"] and not report.skipped

@@ -439,7 +439,7 @@ def _parameter_of(node: object, modules: dict) -> tuple[str, torch.Tensor] | Non
     return (node.target, param) if isinstance(param, nn.Parameter) else None
 
 
-@register_function(F.linear, F.conv2d)
+@register_function(F.linear, F.conv1d, F.conv2d)
 def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     # A layer that uses its weight functionally (BEiT's attention: F.linear(x, self.qkv.weight,
     # bias=torch.cat(...))) is the same layer as a module call; a computed bias is not a node.
@@ -447,9 +447,12 @@ def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     if weight is None or weight[1].dim() < 2:
         return None
     primitive = "conv"
-    if node.target is F.conv2d and _arg(node, 6, "groups", 1) != 1:
+    if node.target in (F.conv1d, F.conv2d) and _arg(node, 6, "groups", 1) != 1:
         primitive = "dil_conv" if max(_pair(_arg(node, 5, "dilation", 1))) > 1 else "sep_conv"
-    specs = [NodeSpec(primitive, weight[0], tuple(weight[1].shape))]
+    shape = tuple(weight[1].shape)
+    if node.target is F.conv1d and len(shape) == 3:  # the square 2-D kernel, as for nn.Conv1d
+        shape = (*shape, shape[2])
+    specs = [NodeSpec(primitive, weight[0], shape)]
     bias = _parameter_of(_arg(node, 2, "bias"), modules)
     if bias is not None:
         specs.append(NodeSpec("bias", bias[0], tuple(bias[1].shape)))
