@@ -17,7 +17,7 @@ from .errors import TraceError
 from .ghn import GHNBase
 from .ghn.presets import DATASET_SHAPES
 from .graph.example_inputs import example_call
-from .report import Report, start_advice
+from .report import Report, every_name, start_advice
 from .write.assign import inflate_blocks, prepare, reset_batchnorm_statistics, write
 from .write.meta import materialize, target_device
 from .write.parametrized import Inversion, leave_parametrized, through_right_inverse
@@ -121,6 +121,7 @@ def initialize(
             blocks = {name: block for name, (block, _) in ghn.predict_blocks(graph, predict_classifier).items()}
             t_predict = time.perf_counter()
             blocks, inflated = inflate_blocks(traced, blocks)
+            collapsed = [n for n in inflated if blocks[n].dim() == 3]  # 1-D kernels; the others are 3-D
             ready = prepare(traced, blocks, materialize_on)
             classifier = [graph.nodes[i].param for i in graph.classifier if i is not None]
             t_post = 0.0  # a sharded model's post-processing runs inside stage_shards, counted in write
@@ -163,14 +164,11 @@ def initialize(
                     "classifier kept (keep_classifier or class count differs from the GHN's)"
                 )
     names = _names_by_tensor(module)
-    predicted_ids = {id(names[n][0]) for n in ready}
-    for name, p in module.named_parameters():
-        if id(p) not in predicted_ids and name not in skipped:
-            skipped[name] = "not predicted by this GHN"
+    skipped, shared = every_name(skipped, {n: names_ for n, (_, names_) in names.items()}, ready)
     for name, how in materialized.items():
         skipped[name] = f"{skipped[name]}; {how}" if name in skipped else how
     params = dict(module.named_parameters())
-    skipped = {name: why for name, why in skipped.items() if name in params}  # parametrized names: their originals
+    skipped = {name: why for name, why in skipped.items() if name in names}  # parametrized names: their originals
     report = Report(
         model=type(traced).__name__,
         ghn=source,
@@ -189,10 +187,11 @@ def initialize(
             "write": end - t_predict - t_post,
             "total": end - start,
         },
-        shared={n: [a for a in names[n][1] if a != n] for n in ready if len(names[n][1]) > 1},
+        shared=shared,
         wrappers=wrappers,
         materialized_on=str(materialize_on) if materialize_on and not sharded else None,
-        inflated=[n for n in inflated if n in ready or n in inversion.written_through],
+        inflated=[n for n in inflated if (n in ready or n in inversion.written_through) and n not in collapsed],
+        collapsed=[n for n in collapsed if n in ready or n in inversion.written_through],
         parametrized=inversion.written_through,
         lazy=lazy,
         n_outputs=graph.n_outputs,

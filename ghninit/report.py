@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 LOW_COVERAGE = 0.5  # below this fraction of parameters predicted, initialize warns and the summary says so first
 INFLATION_RULE = "2-D kernel predicted, repeated over the T time steps and divided by T (I3D inflation)"
+COLLAPSE_RULE = "square (k, k) kernel predicted, its k rows summed into the 1-D kernel"
+NOT_PREDICTED = "not predicted by this GHN"
 TRAINING_DOCS = "docs/training-scripts.md#learning-rate-and-warmup-from-a-ghn-start"
 
 
@@ -27,6 +30,41 @@ def start_advice(n_params_predicted: int, postprocess: str | None) -> str | None
     )
 
 
+def every_name(
+    skipped: Mapping[str, str], names: Mapping[str, list[str]], predicted: Iterable[str]
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Account for every name of every parameter: ``(skipped, shared)`` for :class:`Report`.
+
+    Args:
+        skipped: parameter name -> why it kept its initialisation, under any of its names.
+        names: every parameter name (tied names included) -> all names of its tensor, in the
+            order of ``named_parameters(remove_duplicate=False)``.
+        predicted: the names predictions were written under.
+
+    Returns:
+        ``skipped`` with every name of each tensor that was not predicted (a tensor without a
+        reason: :data:`NOT_PREDICTED`), and ``shared``: for each tied tensor, the name it was
+        predicted under (else its first name) -> its other names.
+    """
+    done = set(predicted)
+    out = dict(skipped)
+    shared: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for group in names.values():
+        if group[0] in seen:
+            continue
+        seen.update(group)
+        written = [n for n in group if n in done]
+        if not written:
+            why = next((skipped[n] for n in group if n in skipped), NOT_PREDICTED)
+            for name in group:
+                out.setdefault(name, why)
+        if len(group) > 1:
+            first = written[0] if written else group[0]
+            shared[first] = [n for n in group if n != first]
+    return out, shared
+
+
 @dataclass
 class Report:
     """Summary of one initialisation.
@@ -45,12 +83,15 @@ class Report:
         seconds: wall time per stage (``graph``, ``predict``, ``postprocess`` when post-processing,
             ``write``: everything else after prediction) and ``total``, their sum.
         shared: for a tied parameter (one tensor under several names), the name it was predicted
-            under (its first use in graph order) -> its other names.
+            under (its first use in graph order), or for one kept as it was its first name -> its
+            other names. Every name of a kept tied parameter is also in ``skipped``, with its reason.
         wrappers: wrappers that were looked through (``OptimizedModule``, ``DataParallel``...),
             outermost first; parameter names are those of the module inside.
         materialized_on: the device a meta-device model was allocated on, or ``None``.
         inflated: 3-D convolution weights predicted as their 2-D counterpart and inflated along
             time by :data:`INFLATION_RULE`.
+        collapsed: 1-D convolution weights predicted as a square 2-D kernel and collapsed by
+            :data:`COLLAPSE_RULE`.
         parametrized: parametrized weights (``torch.nn.utils.parametrize``) written through their
             parametrizations' ``right_inverse`` -> those parametrizations' class names.
         lazy: how lazy modules were materialised before prediction (the example input), or ``None``.
@@ -79,6 +120,7 @@ class Report:
     wrappers: list[str] = field(default_factory=list)
     materialized_on: str | None = None
     inflated: list[str] = field(default_factory=list)
+    collapsed: list[str] = field(default_factory=list)
     parametrized: dict[str, list[str]] = field(default_factory=dict)
     lazy: str | None = None
     n_outputs: int = 1
@@ -105,12 +147,20 @@ class Report:
         """One line saying how little was predicted and the largest skipped families, when coverage is low."""
         if not self.low_coverage:
             return None
-        parts = [f"{kind} ({n:,} parameters: {why})" for kind, why, n in self.skipped_families[:families]]
+        parts = [f"{kind}{self._where(why)} ({n:,} parameters: {why})" for kind, why, n in self.skipped_families[:families]]
         largest = "; largest kept as they were: " + "; ".join(parts) if parts else ""
         return (
             f"only {100 * self.fraction_predicted:.1f}% of {self.model}'s {self.n_params_total:,} parameters "
             f"were predicted by the GHN; the rest keep their own initialisation{largest}"
         )
+
+    def _where(self, why: str, shown: int = 2) -> str:
+        """`` at <module paths>`` of the layers skipped as having no GHN rule, else ``""``."""
+        if not why.startswith(("no GHN rule", "not described by the GHN rule")):
+            return ""
+        paths = list(dict.fromkeys(name.rpartition(".")[0] or "<root>" for name, w in self.skipped.items() if w == why))
+        more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+        return f" at {', '.join(paths[:shown])}{more}"
 
     def __str__(self) -> str:
         warning = self.coverage_warning()
@@ -143,13 +193,16 @@ class Report:
             lines.append(f"  lazy modules materialised first: {self.lazy}")
         if self.inflated:
             lines.append(f"  3-D convolutions ({len(self.inflated)}): {INFLATION_RULE}")
+        if self.collapsed:
+            lines.append(f"  1-D convolutions ({len(self.collapsed)}): {COLLAPSE_RULE}")
         if self.parametrized:
             kinds = sorted({k for ks in self.parametrized.values() for k in ks})
             lines.append(
                 f"  parametrized weights ({len(self.parametrized)}, {', '.join(kinds)}): written through right_inverse"
             )
         for name, others in self.shared.items():
-            lines.append(f"  tied: {name} predicted once, shared with {', '.join(others)}")
+            done = "kept" if name in self.skipped else "predicted once"
+            lines.append(f"  tied: {name} {done}, shared with {', '.join(others)}")
         if self.skipped:
             lines.append(f"  kept their own initialisation ({len(self.skipped)}):")
             shown = list(self.skipped.items())

@@ -165,23 +165,26 @@ def test_torchvision_feature_extractor_is_predicted(ghn):
 # 2. no quiet near-empty result
 
 
-class MostlyConv1d(nn.Module):
+class MostlyBilinear(nn.Module):
+    """Mostly a layer type with no GHN rule (nn.Bilinear), which runs on the path to the output."""
+
     def __init__(self):
         super().__init__()
-        self.seq = nn.Conv1d(3, 128, 5)
+        self.pair = nn.Bilinear(12, 12, 128)
         self.conv = nn.Conv2d(3, 8, 3)
 
     def forward(self, x):
-        a = self.seq(x.flatten(2)).mean(-1)
+        f = x.flatten(1)[:, :12]
+        a = self.pair(f, f)
         return a.sum(1, keepdim=True) + self.conv(x).mean((1, 2, 3))[:, None]
 
 
 def test_warns_when_less_than_half_is_predicted(ghn):
-    with pytest.warns(UserWarning, match=r"only \d+\.\d% .*Conv1d .*has no GHN rule") as caught:
-        report = ghninit.initialize(MostlyConv1d(), ghn=ghn)
+    with pytest.warns(UserWarning, match=r"only \d+\.\d% .*Bilinear .*no GHN rule for torch\.nn\.Bilinear") as caught:
+        report = ghninit.initialize(MostlyBilinear(), ghn=ghn)
     assert len([w for w in caught if "ghninit.initialize" in str(w.message)]) == 1
     assert report.low_coverage and report.fraction_predicted < 0.5
-    assert report.skipped_families[0][0] == "Conv1d"
+    assert report.skipped_families[0][0] == "Bilinear"
     assert str(report).splitlines()[0].startswith("ghninit: WARNING: only ")
 
 

@@ -83,7 +83,7 @@ def test_concat_pooling_shapes_and_glob_avg():
     ]
     assert g.nodes[4].shape == (1, 1, 3, 3)
     assert g.nodes[5].shape == (1, 1, 2, 3)
-    assert g.classifier == (None, None)  # a bias-free Linear at n-1 is not a classifier weight
+    assert g.classifier == (9, None)  # the bias-free Linear that produces the output is the classifier
 
 
 class SE(nn.Module):

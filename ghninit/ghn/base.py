@@ -93,6 +93,9 @@ class GHNBase(nn.Module):
     ) -> dict[str, tuple[torch.Tensor, tuple[int, ...]]]:
         """Like :meth:`forward`, but each tensor as its (normalised) block before tiling, with the target shape.
 
+        A weight stored transposed (:attr:`Graph.transposed`, Hugging Face's ``Conv1D``) comes in its own
+        ``(in, out)`` layout.
+
         ``tile(block, shape)`` gives the parameter; :func:`ghninit.write.tensors.write_tiled` writes
         it without building the full tensor.
         """
@@ -101,6 +104,10 @@ class GHNBase(nn.Module):
         for key, indices in self.decoder_groups(graph, predict_classifier).items():
             decoded = self._decode(key, states[indices])
             self._emit_group(key, decoded, [graph.nodes[i] for i in indices], out)
+        for name in graph.transposed:  # a weight stored (in, out): the prediction in its layout
+            if name in out:
+                block, shape = out[name]
+                out[name] = block.t(), tuple(shape[::-1])
         return out
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ in :mod:`~ghninit.graph.ghn3_passes`). :class:`Graph`, :class:`Node` and the rul
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from dataclasses import is_dataclass
 
@@ -49,6 +50,7 @@ from .primitives import (
     NORM_PRIMITIVES,
     SOFTMAX_TARGETS,
     NodeSpec,
+    class_path,
     function_rule,
     gate_product_rule,
     is_detached_linear,
@@ -69,11 +71,17 @@ __all__ = [
 ]  # fmt: skip
 
 
+NOT_USED = "not used on the path to the output"
+
+
 class _Builder:
     """Turns an fx graph into GHN nodes and real edges."""
 
-    def __init__(self, model: nn.Module, rules: GraphRules = GHN2_RULES, gated: bool = False):
+    def __init__(
+        self, model: nn.Module, rules: GraphRules = GHN2_RULES, gated: bool = False, shapes: frozenset = frozenset()
+    ):
         self.model = model
+        self.shapes = shapes  # fx nodes whose values are shapes or numbers computed from shapes
         self.rules = rules
         self.gated = gated  # the network has a sigmoid/swish op (GHN-3's gated_cse rule)
         self.modules = dict(model.named_modules())
@@ -84,7 +92,6 @@ class _Builder:
         self.tensors = dict(model.named_parameters(remove_duplicate=False))
         self.node_of_param: dict[object, int] = {}
         self.covered: set[object] = set()
-        self.uncovered: dict[str, str] = {}
         # A tensor under torch.nn.utils.parametrize ("conv.weight") is computed from its originals
         # ("conv.parametrizations.weight.original*"), which the writer sets through right_inverse.
         self.parametrized = {
@@ -127,7 +134,7 @@ class _Builder:
             else:
                 idx = len(self.nodes)
                 name = param if param is not None else f"{spec.primitive}:{label}"
-                node = Node(name, spec.primitive, spec.shape, module_path, param)
+                node = Node(name, spec.primitive, spec.shape, module_path, param, transposed=spec.transposed)
                 self.nodes.append(node)
                 if param is not None:
                     self.node_of_param[self.key(param)] = idx
@@ -165,7 +172,6 @@ class _Builder:
             if specs and self.rules.msa_needs_weights:
                 specs = without_unweighted_attention(specs, module, node)
             if not specs:
-                self._note_uncovered(node.target, module)
                 return inputs
             shared = [s for s in specs if s.param and self.key(_join(node.target, s.param)) in self.node_of_param]
             if shared and len(shared) == sum(1 for s in specs if s.param):
@@ -184,6 +190,8 @@ class _Builder:
             specs = rule(node, self.modules) if rule else None
             if not specs or len(inputs) < specs[0].min_inputs:
                 return inputs
+            if specs[0].primitive == "sum" and any(a in self.shapes for a in node.all_input_nodes):
+                return inputs  # shape arithmetic (``x.size()[:-1] + (n,)``), not a sum of tensors
             return frozenset([self.add_chain(specs, inputs, None, node.name)])
         return inputs
 
@@ -209,11 +217,26 @@ class _Builder:
             return frozenset([self.add_chain([spec], frozenset(), module_path, node.name)])
         return frozenset()
 
-    def _note_uncovered(self, path: str, module: nn.Module) -> None:
-        kind = type(module).__name__
-        for name, _ in module.named_parameters():  # a leaf's sub-layers are not in the graph either
-            why = f"{kind} has no GHN rule" if "." not in name else f"inside {kind}, a leaf without a GHN rule"
-            self.uncovered.setdefault(_join(path, name), why)
+    def reasons(self, needed: Iterable[fx.Node]) -> dict[object, str]:
+        """Why each parameter the graph leaves out is left out, for parameters read on the path to the output.
+
+        A parameter read there by a leaf layer without a rule (or a rule that does not describe
+        it), or by traced ops none of which has a rule (``x * self.scale``, Hugging Face's
+        ``T5LayerNorm``), ran: its reason names the class of the module that owns it. Parameters
+        read nowhere on the path get no entry here (:func:`build_graph` says "not used").
+        """
+        found: dict[object, str] = {}
+        for node in needed:
+            if node.op == "call_module":
+                module = self.modules[node.target]
+                described = module_rule(module) is not None or (self.rules.softmax_is_msa and isinstance(module, nn.Softmax))
+                why = f"{'not described by the GHN rule' if described else 'no GHN rule'} for {class_path(type(module))}"
+                for name, _ in module.named_parameters(remove_duplicate=False):
+                    found.setdefault(self.key(_join(node.target, name)), why)
+            elif node.op == "get_attr" and node.target in self.tensors:
+                owner = self.modules.get(node.target.rpartition(".")[0], self.model)
+                found.setdefault(self.key(node.target), f"no GHN rule for {class_path(type(owner))}")
+        return found
 
 
 def _join(prefix: str | None, name: str) -> str:
@@ -281,6 +304,26 @@ def _hooked_outputs(graph: fx.Graph, model: nn.Module) -> list[fx.Node]:
     return sorted(set(last.values()), key=position.__getitem__)
 
 
+_SHAPE_ARITHMETIC = (
+    operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod, operator.neg,
+)  # fmt: skip
+
+
+def _shape_values(graph: fx.Graph) -> frozenset[fx.Node]:
+    """The nodes whose values are shapes, or tuples and numbers computed from shapes alone."""
+    found: set[fx.Node] = set()
+    for node in graph.nodes:
+        inputs = node.all_input_nodes
+        if is_shape_query(node) or (
+            node.op == "call_function"
+            and node.target in _SHAPE_ARITHMETIC
+            and inputs
+            and all(a in found for a in inputs)
+        ):
+            found.add(node)
+    return frozenset(found)
+
+
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
     seen, stack = set(nodes), list(nodes)
     while stack:
@@ -317,7 +360,7 @@ def build_graph(
     needed = _ancestors(returned)
     modules = dict(model.named_modules())
     gated = rules.gated_cse and is_gated_network((n for n in fx_graph.nodes if n in needed), modules)
-    builder = _Builder(model, rules, gated)
+    builder = _Builder(model, rules, gated, _shape_values(fx_graph))
     outputs: dict[fx.Node, frozenset[int]] = {}
     for node in fx_graph.nodes:
         if node not in needed:
@@ -329,6 +372,8 @@ def build_graph(
         raise TraceError(f"{type(model).__name__}: the output does not depend on the input")
     n_outputs = builder.join_outputs([outputs[node] for node in returned])
     nodes = builder.nodes
+    ends = [nodes[i] for i in frozenset().union(*(outputs[node] for node in returned))]
+    last = nodes[-1]
     real = np.array(sorted(set(builder.edges)), dtype=np.int64).reshape(-1, 2)
     if gated:  # GHN-3: in gated networks only the classifier head's global pool is a node
         nodes, real = _drop_nodes(nodes, real, [not _is_head_pool(i, nodes, real) for i in range(len(nodes))])
@@ -342,9 +387,13 @@ def build_graph(
         nodes, real = _pos_enc_before_consumer(nodes, real)
     if rules.pool_before_classifier:
         nodes, real = _pool_before_classifier(nodes, real)
-    uncovered = {
-        name: builder.uncovered.get(name, "not used on the path to the output through a supported op")
-        for name, p in model.named_parameters()
+        if nodes[-1] is not last and last in ends:  # a pool after the head moved before it: the head ends the graph
+            ends = [nodes[-1]]
+    head = _output_layer(nodes, real, ends) if n_outputs == 1 else (None, None)
+    reasons = builder.reasons(n for n in fx_graph.nodes if n in needed)
+    uncovered = {  # every name of a tied parameter, each with the parameter's reason
+        name: reasons.get(builder.key(name), NOT_USED)
+        for name, p in builder.tensors.items()
         if id(p) not in builder.covered
     }
     for i, node in enumerate(nodes):
@@ -356,19 +405,45 @@ def build_graph(
             uncovered[node.param] = "token positional embedding: GHN-2 has no decoder for (1, N, C) tensors"
         elif (
             rules.flat_1x1_classifier
-            and n_outputs == 1
-            and i == len(nodes) - 2
+            and i == head[0]
             and _is_param(node, 4)
             and max(node.shape[2:]) == 1
         ):
             node.shape, node.param_shape = node.shape[:2], node.shape
     output_classes = None
     if rules.detached_unbiased_linear and n_outputs == 1 and returned[0].op == "call_module":
-        head = modules[returned[0].target]
-        if is_detached_linear(head, returned[0].target, modules):
-            output_classes = head.out_features
+        layer = modules[returned[0].target]
+        if is_detached_linear(layer, returned[0].target, modules):
+            output_classes = layer.out_features
+            head = None  # a weight source beside the data (GHN-3): the classifier's place is by position
     edges = _with_virtual_edges(len(nodes), real, virtual_edge_cutoff)
-    return Graph(nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes)
+    return Graph(
+        nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes, head=head
+    )
+
+
+def _output_layer(nodes: list[Node], real: np.ndarray, ends: list[Node]) -> tuple[int | None, int | None]:
+    """The classifier: ``(weight, bias)`` indices of the layer that produces the output, or ``(None, None)``.
+
+    The output must end at that one layer: its bias node, fed by its weight alone, or its weight
+    node when it has no bias node (a bias-free layer, or a bias added as a plain tensor). An output
+    that ends elsewhere (a sum of two layers, a norm, an op) has no classifier: every layer in
+    it is predicted as a layer.
+    """
+    if len(ends) != 1:
+        return None, None
+    index = {id(node): i for i, node in enumerate(nodes)}
+    if id(ends[0]) not in index:  # the output's last node was dropped (GHN-3: a pool not feeding a head)
+        return None, None
+    end = index[id(ends[0])]
+    if nodes[end].primitive == "bias":
+        feeding = real[real[:, 1] == end, 0]
+        if len(feeding) == 1 and _is_param(nodes[int(feeding[0])], 2):
+            return int(feeding[0]), end
+        return None, None
+    if nodes[end].primitive in ("conv", "sep_conv", "dil_conv") and _is_param(nodes[end], 2):
+        return end, None
+    return None, None
 
 
 def count_parameters(shapes: Iterable[tuple[int, ...]]) -> int:

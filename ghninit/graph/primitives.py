@@ -39,12 +39,15 @@ class NodeSpec:
         shape: the parameter's shape, or the op's own shape (pooling: ``(1, 1, k, k)``).
         min_inputs: the node is kept only with at least this many distinct inputs
             (``sum`` and ``concat`` use 2).
+        transposed: the parameter is stored as the transpose of ``shape`` (a linear map kept as
+            ``(in, out)``, Hugging Face's ``Conv1D``): the prediction is transposed when written.
     """
 
     primitive: str
     param: str | None = None
     shape: tuple[int, ...] | None = None
     min_inputs: int = 0
+    transposed: bool = False
 
 
 ModuleRule = Callable[[nn.Module], "list[NodeSpec] | None"]
@@ -97,6 +100,14 @@ def function_rule(target: object) -> FunctionRule | None:
         return _FUNCTION_RULES.get(target)
     except TypeError:  # unhashable target
         return None
+
+
+def class_path(cls: type) -> str:
+    """Where a class is defined, as users import it: ``torch.nn.GroupNorm``, ``transformers.pytorch_utils.Conv1D``."""
+    module, name = cls.__module__, cls.__qualname__
+    if module.startswith("torch.nn.modules.") and getattr(nn, name, None) is cls:
+        return f"torch.nn.{name}"
+    return f"{module}.{name}"
 
 
 def registered_module_types() -> tuple[type, ...]:
@@ -155,8 +166,30 @@ def _conv3d(module: nn.Module) -> list[NodeSpec] | None:
     return nodes
 
 
+@register_module(nn.Conv1d, nn.ConvTranspose1d)
+def _conv1d(module: nn.Module) -> list[NodeSpec] | None:
+    """A 1-D kernel ``(out, in, k)`` is described as the square 2-D kernel ``(out, in, k, k)``.
+
+    The GHN sees and predicts the ``(k, k)`` kernel it was trained on (DeepNets-1M has square
+    kernels only); :func:`ghninit.write.tensors.collapse` then sums its ``k`` rows into the 1-D
+    kernel, the converse of the I3D inflation of 3-D kernels (:func:`_conv3d`): the 2-D
+    convolution of an image whose rows are all one signal is the 1-D convolution of that signal
+    with the row sum. Groups and dilation choose the primitive as for ``Conv2d``.
+    """
+    if module.weight is None:
+        return None
+    primitive = "conv"
+    if module.groups > 1:
+        primitive = "dil_conv" if module.dilation[0] > 1 else "sep_conv"
+    out, inp, k = module.weight.shape
+    nodes = [NodeSpec(primitive, "weight", (out, inp, k, k))]
+    if module.bias is not None:
+        nodes.append(NodeSpec("bias", "bias", tuple(module.bias.shape)))
+    return nodes
+
+
 def _spatial(value: int | Iterable[int]) -> tuple[int, int]:
-    """The (height, width) of a 2-D or 3-D pooling window (a 3-D one's last two sizes)."""
+    """The (height, width) of a pooling window: a 3-D one's last two sizes, a 1-D one's size twice."""
     return _pair(value) if isinstance(value, int) else _pair(tuple(value)[-2:])
 
 
@@ -175,18 +208,19 @@ def _layer_norm(module: nn.Module) -> list[NodeSpec] | None:
     return [NodeSpec("ln", "weight", tuple(module.weight.shape))]
 
 
-# 3-D pools (video models) are described by their spatial window, as 2-D ones
-@register_module(nn.MaxPool2d, nn.MaxPool3d)
+# 3-D pools (video models) are described by their spatial window, as 2-D ones; 1-D pools by the
+# square window, as 1-D convolutions are
+@register_module(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 def _max_pool(module: nn.Module) -> list[NodeSpec]:
     return [NodeSpec("max_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
 
 
-@register_module(nn.AvgPool2d, nn.AvgPool3d)
+@register_module(nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 def _avg_pool(module: nn.Module) -> list[NodeSpec]:
     return [NodeSpec("avg_pool", shape=(1, 1, *_spatial(module.kernel_size)))]
 
 
-@register_module(nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+@register_module(nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 def _adaptive_avg_pool(module: nn.Module) -> list[NodeSpec]:
     return [NodeSpec("glob_avg")]
 
@@ -247,17 +281,17 @@ def _mean(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     return [NodeSpec("glob_avg")] if _arg(node, 2, "keepdim", False) else None
 
 
-@register_function(F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+@register_function(F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 def _adaptive_avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("glob_avg")]
 
 
-@register_function(F.max_pool2d)
+@register_function(F.max_pool1d, F.max_pool2d)
 def _max_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("max_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
 
 
-@register_function(F.avg_pool2d)
+@register_function(F.avg_pool1d, F.avg_pool2d)
 def _avg_pool_fn(node: fx.Node, modules: dict) -> list[NodeSpec]:
     return [NodeSpec("avg_pool", shape=(1, 1, *_pair(_arg(node, 1, "kernel_size"))))]
 
@@ -405,7 +439,7 @@ def _parameter_of(node: object, modules: dict) -> tuple[str, torch.Tensor] | Non
     return (node.target, param) if isinstance(param, nn.Parameter) else None
 
 
-@register_function(F.linear, F.conv2d)
+@register_function(F.linear, F.conv1d, F.conv2d)
 def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     # A layer that uses its weight functionally (BEiT's attention: F.linear(x, self.qkv.weight,
     # bias=torch.cat(...))) is the same layer as a module call; a computed bias is not a node.
@@ -413,13 +447,31 @@ def _functional_layer(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
     if weight is None or weight[1].dim() < 2:
         return None
     primitive = "conv"
-    if node.target is F.conv2d and _arg(node, 6, "groups", 1) != 1:
+    if node.target in (F.conv1d, F.conv2d) and _arg(node, 6, "groups", 1) != 1:
         primitive = "dil_conv" if max(_pair(_arg(node, 5, "dilation", 1))) > 1 else "sep_conv"
-    specs = [NodeSpec(primitive, weight[0], tuple(weight[1].shape))]
+    shape = tuple(weight[1].shape)
+    if node.target is F.conv1d and len(shape) == 3:  # the square 2-D kernel, as for nn.Conv1d
+        shape = (*shape, shape[2])
+    specs = [NodeSpec(primitive, weight[0], shape)]
     bias = _parameter_of(_arg(node, 2, "bias"), modules)
     if bias is not None:
         specs.append(NodeSpec("bias", bias[0], tuple(bias[1].shape)))
     return specs
+
+
+@register_function(torch.addmm)
+def _transposed_linear(node: fx.Node, modules: dict) -> list[NodeSpec] | None:
+    # ``addmm(bias, x, weight)`` with a weight parameter stored (in, out) and a bias parameter (out,)
+    # is a linear layer whose weight is the transpose of nn.Linear's: Hugging Face's Conv1D (GPT-2 and
+    # others) and any layer written the same way. Recognised by this structure, not by
+    # the class: fx traces into such a module, so its call is this one op on two parameters. It is
+    # described as nn.Linear is, ``conv`` (out, in) -> ``bias``, and the prediction written transposed.
+    bias = _parameter_of(_arg(node, 0, "input"), modules)
+    weight = _parameter_of(_arg(node, 2, "mat2"), modules)
+    if weight is None or bias is None or weight[1].dim() != 2 or tuple(bias[1].shape) != weight[1].shape[1:]:
+        return None
+    n_in, n_out = weight[1].shape
+    return [NodeSpec("conv", weight[0], (n_out, n_in), transposed=True), NodeSpec("bias", bias[0], (n_out,))]
 
 
 @register_module(nn.RNNBase)

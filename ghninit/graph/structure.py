@@ -91,6 +91,8 @@ class Node:
         bias: for norm-layer nodes, the bias predicted together with the weight.
         param_shape: the parameter's own shape where the rules record a different ``shape``
             (GHN-3: a token positional embedding, a 1x1-conv classifier), else ``None``.
+        transposed: the parameter is stored as the transpose of ``shape`` (a linear map kept
+            ``(in, out)``, Hugging Face's ``Conv1D``); the prediction is written transposed.
     """
 
     name: str
@@ -100,6 +102,7 @@ class Node:
     param: str | None = None
     bias: str | None = None
     param_shape: tuple[int, ...] | None = None
+    transposed: bool = False
 
     @property
     def target_shape(self) -> tuple[int, ...] | None:
@@ -123,6 +126,10 @@ class Graph:
         output_classes: GHN-3, when the model's output layer is a bias-free ``nn.Linear`` (a weight
             source node, so not in the classifier's place): its number of outputs, which decides
             whether the classifier's place is predicted; else ``None`` (the classifier's own).
+        head: the classifier :func:`~ghninit.graph.build.build_graph` found, ``(weight, bias)``
+            indices of the layer that produces the single output (either may be ``None``), or
+            ``None`` where it was not looked for (graphs made by hand, the GHN-3 bias-free head
+            above): then the classifier is found by position, the last two nodes.
     """
 
     nodes: list[Node]
@@ -132,6 +139,7 @@ class Graph:
     n_outputs: int = 1
     tracing: str = SYMBOLIC
     output_classes: int | None = None
+    head: tuple[int | None, int | None] | None = None
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -144,19 +152,27 @@ class Graph:
     def virtual_edges(self) -> np.ndarray:
         return self.edges[self.edges[:, 2] > 1]
 
+    @property
+    def transposed(self) -> list[str]:
+        """Parameters stored as the transpose of their node's shape (predictions are written transposed)."""
+        return [node.param for node in self.nodes if node.transposed and node.param is not None]
+
     @cached_property
     def primitive_ids(self) -> torch.Tensor:
         return torch.tensor([PRIMITIVE_INDEX[n.primitive] for n in self.nodes], dtype=torch.long)
 
     @property
     def classifier(self) -> tuple[int | None, int | None]:
-        """Indices of the classifier weight (node n-2) and bias (node n-1), where they are such.
+        """Indices of the classifier weight and bias: the layer that produces the output (:attr:`head`).
 
         A graph joining several outputs at a sink has none: every head is predicted as a layer.
+        Without :attr:`head`, the weight is node n-2 and the bias node n-1, where they are such.
         """
         n = len(self.nodes)
         if self.n_outputs > 1:
             return None, None
+        if self.head is not None:
+            return self.head
         weight = n - 2 if n >= 2 and _is_param(self.nodes[n - 2], min_dim=2) else None
         bias = n - 1 if self.nodes[-1].primitive == "bias" else None
         return weight, bias

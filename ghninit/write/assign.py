@@ -5,7 +5,7 @@ parameter's device and dtype before the first write, so the writes themselves ca
 halfway: either every reported parameter is written or the model is untouched. A parametrized
 weight (``torch.nn.utils.parametrize``) is checked against the tensor its module computes, and
 written through :mod:`ghninit.write.parametrized`; 2-D kernels predicted for 3-D convolutions are
-inflated by :func:`inflate_blocks`.
+inflated, and those predicted for 1-D convolutions collapsed, by :func:`inflate_blocks`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..errors import PredictionError
 from .parametrized import current_value, parametrized_tensors
-from .tensors import inflate, tiles_into, write_tiled
+from .tensors import collapse, inflate, tiles_into, write_tiled
 
 
 def prepare(
@@ -65,13 +65,15 @@ def prepare(
 
 
 def inflate_blocks(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Inflate the 2-D kernels predicted for 3-D convolution weights (the I3D rule, :func:`ghninit.write.tensors.inflate`).
+    """Turn the 2-D kernels predicted for 3-D and 1-D convolution weights into their own shapes.
 
-    A 4-D block for a 5-D parameter ``(out, in, T, kh, kw)`` becomes ``(out', in', T, kh', kw')``;
+    A 4-D block for a 5-D parameter ``(out, in, T, kh, kw)`` becomes ``(out', in', T, kh', kw')`` (the
+    I3D rule, :func:`ghninit.write.tensors.inflate`); a 4-D block for a 3-D parameter
+    ``(out, in, k)`` becomes ``(out', in', k')`` (its rows summed, :func:`ghninit.write.tensors.collapse`);
     every other block passes through unchanged.
 
     Returns:
-        the blocks, and the names of the parameters whose kernels were inflated.
+        the blocks, and the names of the parameters whose kernels were inflated or collapsed.
     """
     params = dict(model.named_parameters(remove_duplicate=False))
     owners = parametrized_tensors(model)
@@ -83,6 +85,9 @@ def inflate_blocks(model: nn.Module, blocks: Mapping[str, torch.Tensor]) -> tupl
             target = current_value(model, name)
         if target is not None and block.dim() == 4 and target.dim() == 5:
             block = inflate(block, target.shape[2])
+            inflated.append(name)
+        elif target is not None and block.dim() == 4 and target.dim() == 3:
+            block = collapse(block, target.shape[2])
             inflated.append(name)
         out[name] = block
     return out, inflated

@@ -6,7 +6,8 @@ for norm-layer weights and ``tanh(x / 5)`` for biases. Scaling is element-wise a
 on the target shape, so it is applied to the small predicted block before tiling, and
 :func:`write_tiled` copies that block straight into a parameter without materialising the
 tiled tensor. All functions but ``write_tiled`` are differentiable, so training uses them too.
-:func:`inflate` turns a predicted 2-D kernel into a 3-D one (the I3D rule used for ``Conv3d``).
+:func:`inflate` turns a predicted 2-D kernel into a 3-D one (the I3D rule used for ``Conv3d``),
+:func:`collapse` a predicted square 2-D kernel into a 1-D one (``Conv1d``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ def inflate(block: torch.Tensor, time: int) -> torch.Tensor:
     if time < 1:
         raise ValueError(f"inflate() needs a time length >= 1, got {time}")
     return block.unsqueeze(2).expand(-1, -1, time, -1, -1) / time
+
+
+def collapse(block: torch.Tensor, size: int) -> torch.Tensor:
+    """A 1-D kernel ``(out, in, size)`` from the block of a predicted square kernel ``(out, in, size, size)``: its rows summed.
+
+    The rows are those of the full ``(size, size)`` kernel the block tiles into (a block smaller than
+    ``size`` repeats), so the result is the kernel of the 1-D convolution that the 2-D one computes
+    on an image whose rows are all one signal: the converse of :func:`inflate`. Summing also keeps
+    the scale: the prediction is normalised for a fan-in of ``in * size * size``, and ``size`` rows
+    summed spread about as a kernel normalised for ``in * size`` does. The mean or the middle row
+    would be ``size`` or ``sqrt(size)`` times smaller: on the shipped cifar10-mini GHN, 8 Conv1d
+    layers (k 2 to 15) get std 0.16-0.31 of He's ``sqrt(2 / (in * k))`` summed, 0.01-0.10 averaged
+    or from the middle row (the GHN's own Conv2d kernels there: 0.04-0.21 of theirs;
+    ``benchmarks/conv1d_collapse.py``, docs/every-parameter.md).
+    """
+    if block.dim() != 4:
+        raise ValueError(f"collapse() expects a 2-D kernel (out, in, kh, kw), got shape {tuple(block.shape)}")
+    if size < 1:
+        raise ValueError(f"collapse() needs a kernel size >= 1, got {size}")
+    rows = block.shape[2]
+    whole, rest = divmod(size, rows)
+    return whole * block.sum(2) + block[:, :, :rest].sum(2)
 
 
 def tiles_into(block_shape: Sequence[int], shape: Sequence[int]) -> bool:
