@@ -123,6 +123,8 @@ class Graph:
         output_classes: GHN-3, when the model's output layer is a bias-free ``nn.Linear`` (a weight
             source node, so not in the classifier's place): its number of outputs, which decides
             whether the classifier's place is predicted; else ``None`` (the classifier's own).
+        inputs: what the model was traced with when ghninit inferred it (each argument and how its
+            value was guessed), else ``None``.
     """
 
     nodes: list[Node]
@@ -132,6 +134,7 @@ class Graph:
     n_outputs: int = 1
     tracing: str = SYMBOLIC
     output_classes: int | None = None
+    inputs: str | None = None
 
     def __len__(self) -> int:
         return len(self.nodes)
