@@ -312,7 +312,7 @@ def build_graph(
     Returns:
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
-    fx_graph, tracing, inputs = trace_model(model, leaf_modules, example_inputs)
+    fx_graph, tracing, traced_inputs = trace_model(model, leaf_modules, example_inputs)
     returned = _output_nodes(fx_graph, model)
     needed = _ancestors(returned)
     modules = dict(model.named_modules())
@@ -369,7 +369,7 @@ def build_graph(
             output_classes = head.out_features
     edges = _with_virtual_edges(len(nodes), real, virtual_edge_cutoff)
     return Graph(
-        nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes, inputs=inputs
+        nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes, inputs=traced_inputs
     )
 
 

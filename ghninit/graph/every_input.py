@@ -33,6 +33,11 @@ _MAX_TRIES = 12  # extra traces spent looking for inputs, per model
 
 def reached_parameters(model: nn.Module, graph: fx.Graph) -> set[int]:
     """``id`` of every parameter of ``model`` used by a layer or read on a path to the graph's output."""
+    return _reach(model, graph)[0]
+
+
+def _reach(model: nn.Module, graph: fx.Graph) -> tuple[set[int], set[str]]:
+    """Parameters (``id``) used on a path to the output, and the layers with parameters called there."""
     output = [n for n in graph.nodes if n.op == "output"]
     seen: set[fx.Node] = set(output)
     stack = list(output)
@@ -42,6 +47,7 @@ def reached_parameters(model: nn.Module, graph: fx.Graph) -> set[int]:
                 seen.add(a)
                 stack.append(a)
     ids: set[int] = set()
+    layers: set[str] = set()
     for node in seen:
         if node.op not in ("call_module", "get_attr"):
             continue
@@ -53,9 +59,20 @@ def reached_parameters(model: nn.Module, graph: fx.Graph) -> set[int]:
             continue
         if isinstance(obj, nn.Module):
             ids.update(id(p) for p in obj.parameters())
+            if node.op == "call_module" and any(True for _ in obj.parameters()):
+                layers.add(str(node.target))
         elif isinstance(obj, nn.Parameter):
             ids.add(id(obj))
-    return ids
+    return ids, layers
+
+
+def _gains(before: tuple[set[int], set[str]], after: tuple[set[int], set[str]]) -> bool:
+    """Whether ``after`` reaches every parameter ``before`` does, and more, through at least one more layer.
+
+    A new input that only reaches a bare parameter (a mask token read when a mask is given) is
+    not a tower of its own: the model is traced without it, as its plain call runs.
+    """
+    return after[0] > before[0] and bool(after[1] - before[1])
 
 
 def _left_out(model: nn.Module, reached: set[int]) -> list[tuple[str, nn.Parameter]]:
@@ -95,14 +112,14 @@ def _optional_tensor_arguments(model: nn.Module, given: Iterable[str] = ()) -> l
 
 def complete_symbolic(model: nn.Module, leaf_modules: tuple[type, ...], graph: fx.Graph) -> Traced:
     """Trace ``None``-default arguments as inputs too where that reaches parameters ``graph`` leaves out."""
-    reached = reached_parameters(model, graph)
+    reach = _reach(model, graph)
     total = {id(p) for p in model.parameters()}
     freed: list[str] = []
     failed: dict[str, str] = {}
     from .trace import _attributes, _restore_attributes
 
     for name in _optional_tensor_arguments(model)[:_MAX_TRIES]:
-        if reached >= total:
+        if reach[0] >= total:
             break
         attributes = _attributes(model)
         try:
@@ -111,11 +128,11 @@ def complete_symbolic(model: nn.Module, leaf_modules: tuple[type, ...], graph: f
             _restore_attributes(attributes)
             failed[name] = f"traced as an input, torch.fx failed: {err.reason}"
             continue
-        now = reached_parameters(model, candidate)
-        if now > reached:
-            graph, reached = candidate, now
+        now = _reach(model, candidate)
+        if _gains(reach, now):
+            graph, reach = candidate, now
             freed.append(name)
-    _warn_left_out(model, reached, failed)
+    _warn_left_out(model, reach[0], failed)
     if not freed:
         return Traced(graph, SYMBOLIC)
     inputs = [n.target for n in graph.nodes if n.op == "placeholder"]
@@ -164,13 +181,13 @@ def complete_example(model: nn.Module, leaf_modules: tuple[type, ...], inputs: A
             err.errors.insert(0, f"no value found for forward's required argument(s) {', '.join(missing)}")
         err.described = _describe(named, notes, described)
         raise
-    reached = reached_parameters(model, graph)
+    reach = _reach(model, graph)
     total = {id(p) for p in model.parameters()}
     failed: dict[str, str] = {}
     for name in _optional_tensor_arguments(model, named):
-        if reached >= total or tries <= 0:
+        if reach[0] >= total or tries <= 0:
             break
-        options = guess_argument(model, name, _unreached_layers(model, reached), named)
+        options = guess_argument(model, name, _unreached_layers(model, reach[0]), named)
         if not options:
             failed[name] = "no value could be guessed for it"
             continue
@@ -185,14 +202,14 @@ def complete_example(model: nn.Module, leaf_modules: tuple[type, ...], inputs: A
                 errors.append(f"{how}: {err.errors[-1] if err.errors else 'failed'}")
                 continue
             errors = []
-            now = reached_parameters(model, candidate)
-            if now > reached:
-                graph, reached = candidate, now
+            now = _reach(model, candidate)
+            if _gains(reach, now):
+                graph, reach = candidate, now
                 named[name], notes[name] = value, how
             break
         if errors:
             failed[name] = "tried " + "; ".join(errors)[:300]
-    _warn_left_out(model, reached, failed)
+    _warn_left_out(model, reach[0], failed)
     return Traced(graph, EXAMPLE_INPUT, _describe(named, notes, described))
 
 
@@ -230,4 +247,3 @@ def _warn_left_out(model: nn.Module, reached: set[int], failed: dict[str, str]) 
         UserWarning,
         stacklevel=4,
     )
-

@@ -253,10 +253,12 @@ def _hf_values(model: nn.Module, name: str) -> list[tuple[Any, str]]:
             shape = (1, frames[0], *size)
             return [(_image(shape, model), f"float {shape} from config image_size, num_channels and num_frames")]
         return [(_image((1, *size), model), f"float {(1, *size)} from config image_size and num_channels")]
-    if name == "input_values":  # raw audio: long enough for the feature encoder's strides
+    if name == "input_values":  # raw audio (long enough for the feature encoder's strides), or a spectrogram
         strides = getattr(config, "conv_stride", None)
         samples = math.prod(strides) * _AUDIO_FRAMES if strides else 16000
-        return [(_image((1, samples), model), f"float (1, {samples}) (a raw waveform)")]
+        waveform = [(_image((1, samples), model), f"float (1, {samples}) (a raw waveform)")]
+        spectrogram = _hf_values(model, "input_features")
+        return waveform + spectrogram if strides or not spectrogram else spectrogram + waveform
     if name == "input_features":  # spectrogram: (mel, time) or (time, mel); the model accepts one
         mel = _config_int(config, ("num_mel_bins", "feature_size", "input_feat_per_channel"), ("audio_config",))
         if mel is None:

@@ -75,11 +75,12 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), free: Iterable[st
         else:
             reason = explain_fx_failure(model, err)
             fix = (
-                "pass example_inputs= to trace by running the model, move data-dependent control flow "
-                "into a submodule and pass its type in leaf_modules, or register a rule for it in ghninit.graph.primitives."
+                "move data-dependent control flow into a submodule and pass its type in leaf_modules, "
+                "or register a rule for it in ghninit.graph.primitives."
             )
+        alone = fix if where else f"pass example_inputs= to trace by running the model, or {fix}"
         raise SymbolicTraceError(
-            f"torch.fx could not trace {type(model).__name__} symbolically: {reason}\nFix: {fix}", reason, fix
+            f"torch.fx could not trace {type(model).__name__} symbolically: {reason}\nFix: {alone}", reason, fix
         ) from err
 
 
@@ -91,7 +92,7 @@ def explain_fx_failure(module: nn.Module, err: BaseException) -> str:
     code = getattr(forward, "__code__", None)
     variadic = code is not None and bool(code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
     if hasattr(forward, "__wrapped__") and variadic:
-        wrapper = f"{getattr(forward, '__module__', '?')}.{getattr(forward, '__qualname__', '?')}"
+        wrapper = f"{getattr(code, 'co_qualname', code.co_name)} in {code.co_filename.rpartition('/')[2]}"
         plain = (
             f"its forward is wrapped by a decorator taking (*args, **kwargs) ({wrapper}); fx can only make "
             "inputs for named arguments, so the decorator's code ran on fx's stand-ins instead of the real arguments"
