@@ -243,6 +243,6 @@ def test_a_model_failing_both_ways_says_what_fx_could_not_do_and_what_was_tried_
         build_graph(Branchy())
     text = str(info.value)
     assert "branches on a value computed from the input" in text
-    assert "traced next by running it on an example input" in text
+    assert "Next, tracing with an example input inferred from the model" in text
     assert "one image (1, 3, 224, 224) (the first layer, 'conv', is a Conv2d)" in text
     assert "eval mode: RuntimeError" in text or "training mode: RuntimeError" in text

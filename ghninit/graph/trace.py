@@ -165,12 +165,10 @@ def _trace_model(model: nn.Module, leaf_modules: tuple[type, ...], example_input
     else:
         return every_input.complete_symbolic(model, leaf_modules, graph)
     candidates = example_input_candidates(model)
-    head = (
-        f"torch.fx could not trace {type(model).__name__} symbolically: {symbolic_error.reason}\n"
-        "So it was traced next by running it on an example input"
-    )
+    name = type(model).__name__
+    head = f"torch.fx could not trace {name} symbolically: {symbolic_error.reason}\nNext, tracing with an example input"
     if not candidates:
-        raise TraceError(f"{head}, but none could be inferred: {cannot_guess_message(model)}") from symbolic_error
+        raise TraceError(f"{head}: none could be inferred. {cannot_guess_message(model)}") from symbolic_error
     tried = []
     for inputs, described in candidates:
         try:
@@ -179,7 +177,8 @@ def _trace_model(model: nn.Module, leaf_modules: tuple[type, ...], example_input
             tried.append(f"{err.described or described}:\n    " + "\n    ".join(err.errors))
     reasons = "\n  ".join(tried)
     raise TraceError(
-        f"{head} inferred from the model, which failed too:\n  {reasons}\n"
+        f"{head} inferred from the model. Tracing {name} with an example input failed too, on each one tried:\n"
+        f"  {reasons}\n"
         "Fix: pass example_inputs= that the model's forward accepts (a tuple of positional arguments, "
         f"a dict of keyword arguments or one tensor); or {symbolic_error.fix}"
     ) from symbolic_error
