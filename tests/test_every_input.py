@@ -246,3 +246,26 @@ def test_a_model_failing_both_ways_says_what_fx_could_not_do_and_what_was_tried_
     assert "Next, tracing with an example input inferred from the model" in text
     assert "one image (1, 3, 224, 224) (the first layer, 'conv', is a Conv2d)" in text
     assert "eval mode: RuntimeError" in text or "training mode: RuntimeError" in text
+
+
+class BranchyText(nn.Module):
+    """fx traces the image path but not the text tower (a branch on its values): the text is traced on an example."""
+
+    def __init__(self):
+        super().__init__()
+        self.image, self.text = ImageTower(), TextTower()
+
+    def forward(self, image, text=None):
+        f = self.image(image)
+        if text is None:
+            return f
+        g = self.text(text)
+        if g.sum() > -1e9:
+            g = g * 1
+        return f @ g.T
+
+
+def test_an_input_fx_cannot_take_is_traced_on_an_example_instead():
+    graph = build_graph(BranchyText())
+    assert graph.tracing == "example input" and not _unused(graph)
+    assert "text: int64 (1, 16) in [0, 50) for layer 'text.emb' (Embedding)" in graph.inputs

@@ -22,9 +22,19 @@ from typing import Any
 import torch.nn as nn
 from torch import fx
 
-from .example_inputs import guess_argument, normalize_inputs
+from .example_inputs import example_input_candidates, guess_argument, normalize_inputs
 from .leaf_tracer import _default_arguments
-from .trace import EXAMPLE_INPUT, SYMBOLIC, ExampleTraceError, SymbolicTraceError, Traced, trace, trace_example
+from .trace import (
+    EXAMPLE_INPUT,
+    SYMBOLIC,
+    ExampleTraceError,
+    SymbolicTraceError,
+    Traced,
+    _attributes,
+    _restore_attributes,
+    trace,
+    trace_example,
+)
 
 __all__ = ["complete_example", "complete_symbolic", "reached_parameters"]
 
@@ -116,8 +126,6 @@ def complete_symbolic(model: nn.Module, leaf_modules: tuple[type, ...], graph: f
     total = {id(p) for p in model.parameters()}
     freed: list[str] = []
     failed: dict[str, str] = {}
-    from .trace import _attributes, _restore_attributes
-
     for name in _optional_tensor_arguments(model)[:_MAX_TRIES]:
         if reach[0] >= total:
             break
@@ -132,6 +140,10 @@ def complete_symbolic(model: nn.Module, leaf_modules: tuple[type, ...], graph: f
         if _gains(reach, now):
             graph, reach = candidate, now
             freed.append(name)
+    if failed and not reach[0] >= total:
+        example = _example_instead(model, leaf_modules, reach)
+        if example is not None:
+            return example
     _warn_left_out(model, reach[0], failed)
     if not freed:
         return Traced(graph, SYMBOLIC)
@@ -141,6 +153,28 @@ def complete_symbolic(model: nn.Module, leaf_modules: tuple[type, ...], graph: f
         "it reaches parameters the others do not)"
     )
     return Traced(graph, SYMBOLIC, described)
+
+
+def _example_instead(
+    model: nn.Module, leaf_modules: tuple[type, ...], reach: tuple[set[int], set[str]]
+) -> Traced | None:
+    """The model traced on an inferred example input, with guessed values for the arguments fx could not
+    take as inputs, when that reaches more than the symbolic trace did; else ``None``."""
+    candidates = example_input_candidates(model)
+    if not candidates:
+        return None
+    inputs, described = candidates[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            traced = complete_example(model, leaf_modules, inputs, described)
+        except ExampleTraceError:
+            return None
+    if not _gains(reach, _reach(model, traced.graph)):
+        return None
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=4)
+    return traced
 
 
 def complete_example(model: nn.Module, leaf_modules: tuple[type, ...], inputs: Any, described: str) -> Traced:

@@ -213,13 +213,12 @@ def _config_int(config: Any, names: tuple[str, ...], prefer: tuple[str, ...] = (
     return None
 
 
-def _accepted(model: nn.Module) -> set[str] | None:
-    """Names of ``forward``'s arguments, or ``None`` when it takes ``**kwargs`` (any name)."""
+def _accepted(model: nn.Module) -> set[str]:
+    """Names of ``forward``'s arguments."""
     try:
-        params = inspect.signature(model.forward).parameters.values()
+        return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):  # pragma: no cover
-        return None
-    return {p.name for p in params}
+        return set()
 
 
 def _tokens(shape: tuple[int, ...], vocab: int, model: nn.Module) -> torch.Tensor:
@@ -289,21 +288,20 @@ def hf_input_candidates(model: nn.Module) -> list[tuple[dict[str, Any], str]]:
     """
     name = getattr(model, "main_input_name", "pixel_values")
     accepted = _accepted(model)
-    takes = (lambda n: True) if accepted is None else (lambda n: n in accepted)  # noqa: E731
-    main = _hf_values(model, name) if takes(name) else []
+    main = _hf_values(model, name) if name in accepted else []
     extras: dict[str, Any] = {}
     notes: list[str] = []
-    if name == "input_ids" and main and takes("attention_mask") and accepted is not None:
+    if name == "input_ids" and main and "attention_mask" in accepted:
         extras["attention_mask"] = torch.ones_like(main[0][0])
         notes.append(f"attention_mask: ones {tuple(main[0][0].shape)}")
-    if getattr(model.config, "is_encoder_decoder", False) and accepted is not None and "decoder_input_ids" in accepted:
+    if getattr(model.config, "is_encoder_decoder", False) and "decoder_input_ids" in accepted:
         decoder = _hf_values(model, "decoder_input_ids")
         if decoder:
             extras["decoder_input_ids"] = decoder[0][0]
             notes.append(f"decoder_input_ids: {decoder[0][1]}")
     out = [({name: v, **extras}, "; ".join([f"{name}: {d}", *notes])) for v, d in main]
     others = [n for n in ("input_ids", "pixel_values", "input_values", "input_features") if n != name]
-    more = {n: _hf_values(model, n) for n in others if accepted is not None and n in accepted}
+    more = {n: _hf_values(model, n) for n in others if n in accepted}
     more = {n: v[0] for n, v in more.items() if v}
     if more and (out or not main):
         for inputs, described in out[:1] or [({}, "")]:
