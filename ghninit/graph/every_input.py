@@ -90,16 +90,22 @@ def _left_out(model: nn.Module, reached: set[int]) -> list[tuple[str, nn.Paramet
 
 
 def _unreached_layers(model: nn.Module, reached: set[int]) -> list[tuple[str, nn.Module]]:
-    """Layers owning a parameter no traced input reaches, in the model's order."""
+    """Layers (``torch.nn`` ones, or modules without sub-modules) owning a parameter no traced input
+    reaches, in the model's order. Only those can make a new input worth tracing (:func:`_gains`): a
+    bare parameter of a module traced into (a mask token, a class token) is no tower of its own."""
     return [
         (path, m)
         for path, m in model.named_modules()
         if any(p is not None and id(p) not in reached for p in m._parameters.values())
+        and (type(m).__module__.startswith("torch.nn") or not any(True for _ in m.children()))
     ]
 
 
 def _may_be_tensor(model: nn.Module, name: str) -> bool:
-    """Whether ``forward``'s argument ``name`` may be a tensor input (not a flag, a number or a cache)."""
+    """Whether ``forward``'s argument ``name`` may be a tensor input (not a flag, a number, a cache, or the
+    target of a loss: ``labels``, ``target``, which feed no layer)."""
+    if "label" in name or "target" in name:
+        return False
     try:
         annotation = inspect.signature(model.forward).parameters[name].annotation
     except (KeyError, TypeError, ValueError):  # pragma: no cover
@@ -123,11 +129,10 @@ def _optional_tensor_arguments(model: nn.Module, given: Iterable[str] = ()) -> l
 def complete_symbolic(model: nn.Module, leaf_modules: tuple[type, ...], graph: fx.Graph) -> Traced:
     """Trace ``None``-default arguments as inputs too where that reaches parameters ``graph`` leaves out."""
     reach = _reach(model, graph)
-    total = {id(p) for p in model.parameters()}
     freed: list[str] = []
     failed: dict[str, str] = {}
     for name in _optional_tensor_arguments(model)[:_MAX_TRIES]:
-        if reach[0] >= total:
+        if not _unreached_layers(model, reach[0]):
             break
         attributes = _attributes(model)
         try:
@@ -140,7 +145,7 @@ def complete_symbolic(model: nn.Module, leaf_modules: tuple[type, ...], graph: f
         if _gains(reach, now):
             graph, reach = candidate, now
             freed.append(name)
-    if failed and not reach[0] >= total:
+    if failed and _unreached_layers(model, reach[0]):
         example = _example_instead(model, leaf_modules, reach)
         if example is not None:
             return example
@@ -216,12 +221,12 @@ def complete_example(model: nn.Module, leaf_modules: tuple[type, ...], inputs: A
         err.described = _describe(named, notes, described)
         raise
     reach = _reach(model, graph)
-    total = {id(p) for p in model.parameters()}
     failed: dict[str, str] = {}
     for name in _optional_tensor_arguments(model, named):
-        if reach[0] >= total or tries <= 0:
+        layers = _unreached_layers(model, reach[0])
+        if not layers or tries <= 0:
             break
-        options = guess_argument(model, name, _unreached_layers(model, reach[0]), named)
+        options = guess_argument(model, name, layers, named)
         if not options:
             failed[name] = "no value could be guessed for it"
             continue
@@ -231,7 +236,7 @@ def complete_example(model: nn.Module, leaf_modules: tuple[type, ...], inputs: A
                 break
             tries -= 1
             try:
-                candidate = trace_example(model, {**named, name: value}, leaf_modules, inferred=True)
+                candidate = trace_example(model, {**named, name: value}, leaf_modules, True, _ways(graph))
             except ExampleTraceError as err:
                 errors.append(f"{how}: {err.errors[-1] if err.errors else 'failed'}")
                 continue
@@ -245,6 +250,12 @@ def complete_example(model: nn.Module, leaf_modules: tuple[type, ...], inputs: A
             failed[name] = "tried " + "; ".join(errors)[:300]
     _warn_left_out(model, reach[0], failed)
     return Traced(graph, EXAMPLE_INPUT, _describe(named, notes, described))
+
+
+def _ways(graph: fx.Graph) -> list[tuple[bool, bool]]:
+    """How to run a trial with one more input: as ``graph`` was traced, then on real tensors in that mode."""
+    eval_mode, on_meta = graph._ghninit_way
+    return [(eval_mode, True), (eval_mode, False)] if on_meta else [(eval_mode, False)]
 
 
 def _first_layer_of_each_kind(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,9 +1,13 @@
 """Example inputs inferred from a model, for tracing with an example input when symbolic tracing fails.
 
 The model says what it takes where it can: timm's ``pretrained_cfg["input_size"]``, a Hugging Face
-``config`` (``image_size``, ``num_channels``, ``main_input_name``), torchvision's detectors (a list of
-images, resized by their own transform) and optical-flow models (two images). Otherwise a model
-whose first layer is a 2-D convolution gets one image of 224 x 224. The tensors are made on the
+``config`` (its ``main_input_name`` made from the config, generic over families: tokens below
+``vocab_size``, ``pixel_values`` of ``num_channels`` x ``image_size`` with ``num_frames`` for video,
+a raw waveform, a spectrogram of ``num_mel_bins``; ``decoder_input_ids`` for an encoder-decoder),
+torchvision's detectors (a list of images, resized by their own transform) and optical-flow models
+(two images). Otherwise a model whose first layer is a 2-D convolution gets one image of 224 x 224.
+Every guess comes with a description of what was guessed, from what. :func:`guess_argument` guesses
+one more ``forward`` argument from the layer it would feed (:mod:`~ghninit.graph.every_input`). The tensors are made on the
 device and in the dtype of the model's parameters, so a model on the ``meta`` device needs no
 memory. Detectors are run at a small size (their transform's resize is lowered while tracing): the
 graph does not depend on the image size.

@@ -192,8 +192,17 @@ class ExampleTraceError(TraceError):
         self.errors, self.described = errors, described
 
 
-def trace_example(model: nn.Module, example_inputs: Any, leaf_modules: tuple[type, ...], inferred: bool = False) -> fx.Graph:
+def trace_example(
+    model: nn.Module,
+    example_inputs: Any,
+    leaf_modules: tuple[type, ...],
+    inferred: bool = False,
+    ways: list[tuple[bool, bool]] | None = None,
+) -> fx.Graph:
     """The fx graph of ``model`` run on ``example_inputs``, in its mode and then in eval mode, on meta first.
+
+    ``ways`` lists the ``(eval mode, on meta)`` runs to try; by default all that may work. The graph
+    remembers the one that worked (``graph._ghninit_way``): trials of more inputs take only that one.
 
     Raises:
         ExampleTraceError: with one line per mode, when no way works.
@@ -203,18 +212,25 @@ def trace_example(model: nn.Module, example_inputs: Any, leaf_modules: tuple[typ
     already_meta = any(p.device.type == "meta" for p in model.parameters())
     # torchvision's detectors want targets in training mode and real numbers for their box selection
     detector = is_torchvision_detector(model)
+    if ways is None:
+        ways = [
+            (eval_mode, on_meta)
+            for eval_mode in ((False, True) if model.training and not detector else (True,))
+            for on_meta in ((False,) if already_meta or detector else (True, False))  # meta first: no arithmetic
+        ]
     with context:
-        for eval_mode in (False, True) if model.training and not detector else (True,):
-            for on_meta in (False,) if already_meta or detector else (True, False):  # meta first: no arithmetic
-                with _state_kept(model):
-                    if eval_mode:
-                        model.eval()
-                    try:
-                        return trace_with_inputs(model, example_inputs, leaf_modules, on_meta=on_meta)
-                    except Exception as err:  # any failure of the model's own code on the example
-                        if not on_meta:
-                            mode = "eval" if eval_mode else "training"
-                            errors.append(f"{mode} mode: {type(err).__name__}: {err}")
+        for i, (eval_mode, on_meta) in enumerate(ways):
+            with _state_kept(model):
+                if eval_mode:
+                    model.eval()
+                try:
+                    graph = trace_with_inputs(model, example_inputs, leaf_modules, on_meta=on_meta)
+                    graph._ghninit_way = (eval_mode, on_meta)  # how it worked, for trials of more inputs
+                    return graph
+                except Exception as err:  # any failure of the model's own code on the example
+                    if not on_meta or i == len(ways) - 1:
+                        mode = "eval" if eval_mode else "training"
+                        errors.append(f"{mode} mode: {type(err).__name__}: {err}")
     if not inferred:
         raise TraceError(
             f"Tracing {type(model).__name__} with the example input failed:\n  " + "\n  ".join(errors) + "\n"
