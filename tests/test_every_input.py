@@ -269,3 +269,11 @@ def test_an_input_fx_cannot_take_is_traced_on_an_example_instead():
     graph = build_graph(BranchyText())
     assert graph.tracing == "example input" and not _unused(graph)
     assert "text: int64 (1, 16) in [0, 50) for layer 'text.emb' (Embedding)" in graph.inputs
+
+
+def test_the_fallback_to_an_example_input_is_logged_in_plain_words(caplog):
+    model = transformers.BertModel(transformers.BertConfig(vocab_size=100, **_TINY))
+    with caplog.at_level("INFO", logger="ghninit"):
+        build_graph(model)
+    text = caplog.text
+    assert "wrapped by a decorator" in text and "traced with an example input instead: input_ids" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -118,6 +119,7 @@ def explain_fx_failure(module: nn.Module, err: BaseException) -> str:
 
 SYMBOLIC = "symbolic"
 EXAMPLE_INPUT = "example input"
+logger = logging.getLogger("ghninit")
 
 
 class Traced(NamedTuple):
@@ -172,9 +174,12 @@ def _trace_model(model: nn.Module, leaf_modules: tuple[type, ...], example_input
     tried = []
     for inputs, described in candidates:
         try:
-            return every_input.complete_example(model, leaf_modules, inputs, described)
+            traced = every_input.complete_example(model, leaf_modules, inputs, described)
         except ExampleTraceError as err:
             tried.append(f"{err.described or described}:\n    " + "\n    ".join(err.errors))
+            continue
+        logger.info("%s; traced with an example input instead: %s", head.replace("\nNext, ", " "), traced.inputs)
+        return traced
     reasons = "\n  ".join(tried)
     raise TraceError(
         f"{head} inferred from the model. Tracing {name} with an example input failed too, on each one tried:\n"
