@@ -2,9 +2,11 @@
 
 :func:`trace` runs ``forward`` on fx proxies with :class:`~ghninit.graph.leaf_tracer.LeafTracer`
 (supported layers stay leaves); no example input is needed. When fx cannot trace a module, the
-error names the module and suggests the fix, in the spirit of
-``torchvision.models.feature_extraction``. :func:`trace_model` tries that first and falls back to
-tracing with an example input (:mod:`~ghninit.graph.concrete`), leaving the model as it was.
+error names the module, says in plain words what fx could not do (:func:`explain_fx_failure`) and
+suggests the fix, in the spirit of ``torchvision.models.feature_extraction``. :func:`trace_model`
+tries that first and falls back to tracing with an inferred example input
+(:mod:`~ghninit.graph.concrete`), leaving the model as it was; either way
+:mod:`~ghninit.graph.every_input` looks for every input of ``forward``.
 """
 
 from __future__ import annotations
