@@ -200,6 +200,7 @@ def initialize(
         advice=start_advice(sum(names[n][0].numel() for n in ready), post.describe() if post is not None else None),
         sharded=dict(staged.layout) if staged is not None else {},
         rank=_rank() if staged is not None else None,
+        inputs=graph.inputs,
     )
     warning = report.coverage_warning()
     if warning:

@@ -103,6 +103,7 @@ class Report:
         sharded: for a sharded model (FSDP2, tensor parallel), parameter name -> (global shape,
             this rank's local shape, placements) of every tensor this rank wrote its shard of.
         rank: ``(rank, world size)`` of the process that wrote ``sharded``, else ``None``.
+        inputs: the inputs the graph was traced with when ghninit inferred them (what was guessed), else ``None``.
     """
 
     model: str
@@ -129,6 +130,7 @@ class Report:
     advice: str | None = None
     sharded: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = field(default_factory=dict)
     rank: tuple[int, int] | None = None
+    inputs: str | None = None
 
     @property
     def n_tensors_predicted(self) -> int:
@@ -176,6 +178,8 @@ class Report:
         ]
         if self.tracing != "symbolic":
             lines.append("  graph traced by running the model on an example input")
+        if self.inputs:
+            lines.append(f"  inputs inferred: {self.inputs}")
         if self.postprocess:
             lines.append(f"  post-processed {len(self.postprocessed)} weights: {self.postprocess}")
         if self.wrappers:

@@ -229,8 +229,12 @@ class _Builder:
         for node in needed:
             if node.op == "call_module":
                 module = self.modules[node.target]
-                described = module_rule(module) is not None or (self.rules.softmax_is_msa and isinstance(module, nn.Softmax))
-                why = f"{'not described by the GHN rule' if described else 'no GHN rule'} for {class_path(type(module))}"
+                described = module_rule(module) is not None or (
+                    self.rules.softmax_is_msa and isinstance(module, nn.Softmax)
+                )
+                why = (
+                    f"{'not described by the GHN rule' if described else 'no GHN rule'} for {class_path(type(module))}"
+                )
                 for name, _ in module.named_parameters(remove_duplicate=False):
                     found.setdefault(self.key(_join(node.target, name)), why)
             elif node.op == "get_attr" and node.target in self.tensors:
@@ -355,7 +359,7 @@ def build_graph(
     Returns:
         a :class:`Graph`; export with ``graph.to_networkx()``.
     """
-    fx_graph, tracing = trace_model(model, leaf_modules, example_inputs)
+    fx_graph, tracing, traced_inputs = trace_model(model, leaf_modules, example_inputs)
     returned = _output_nodes(fx_graph, model)
     needed = _ancestors(returned)
     modules = dict(model.named_modules())
@@ -403,12 +407,7 @@ def build_graph(
             node.shape, node.param_shape = (1, node.shape[2], side, side), node.shape
         elif tokens:
             uncovered[node.param] = "token positional embedding: GHN-2 has no decoder for (1, N, C) tensors"
-        elif (
-            rules.flat_1x1_classifier
-            and i == head[0]
-            and _is_param(node, 4)
-            and max(node.shape[2:]) == 1
-        ):
+        elif rules.flat_1x1_classifier and i == head[0] and _is_param(node, 4) and max(node.shape[2:]) == 1:
             node.shape, node.param_shape = node.shape[:2], node.shape
     output_classes = None
     if rules.detached_unbiased_linear and n_outputs == 1 and returned[0].op == "call_module":
@@ -418,7 +417,15 @@ def build_graph(
             head = None  # a weight source beside the data (GHN-3): the classifier's place is by position
     edges = _with_virtual_edges(len(nodes), real, virtual_edge_cutoff)
     return Graph(
-        nodes, edges, uncovered, rules, n_outputs=n_outputs, tracing=tracing, output_classes=output_classes, head=head
+        nodes,
+        edges,
+        uncovered,
+        rules,
+        n_outputs=n_outputs,
+        tracing=tracing,
+        output_classes=output_classes,
+        head=head,
+        inputs=traced_inputs,
     )
 
 

@@ -130,6 +130,8 @@ class Graph:
             indices of the layer that produces the single output (either may be ``None``), or
             ``None`` where it was not looked for (graphs made by hand, the GHN-3 bias-free head
             above): then the classifier is found by position, the last two nodes.
+        inputs: what the model was traced with when ghninit inferred it (each argument and how its
+            value was guessed), else ``None``.
     """
 
     nodes: list[Node]
@@ -140,6 +142,7 @@ class Graph:
     tracing: str = SYMBOLIC
     output_classes: int | None = None
     head: tuple[int | None, int | None] | None = None
+    inputs: str | None = None
 
     def __len__(self) -> int:
         return len(self.nodes)

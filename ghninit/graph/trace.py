@@ -2,16 +2,20 @@
 
 :func:`trace` runs ``forward`` on fx proxies with :class:`~ghninit.graph.leaf_tracer.LeafTracer`
 (supported layers stay leaves); no example input is needed. When fx cannot trace a module, the
-error names the module and suggests the fix, in the spirit of
-``torchvision.models.feature_extraction``. :func:`trace_model` tries that first and falls back to
-tracing with an example input (:mod:`~ghninit.graph.concrete`), leaving the model as it was.
+error names the module, says in plain words what fx could not do (:func:`explain_fx_failure`) and
+suggests the fix, in the spirit of ``torchvision.models.feature_extraction``. :func:`trace_model`
+tries that first and falls back to tracing with an inferred example input
+(:mod:`~ghninit.graph.concrete`), leaving the model as it was; either way
+:mod:`~ghninit.graph.every_input` looks for every input of ``forward``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -19,107 +23,228 @@ from torch import fx
 
 from ..errors import TraceError
 from .concrete import trace_with_inputs
-from .example_inputs import infer_example_inputs, is_torchvision_detector, normalize_inputs, small_detection_inputs
+from .example_inputs import (
+    cannot_guess_message,
+    example_input_candidates,
+    is_torchvision_detector,
+    normalize_inputs,
+    small_detection_inputs,
+)
 from .leaf_tracer import LeafTracer, _default_arguments, register_leaf_module
 from .patches import tracing
 
-__all__ = ["EXAMPLE_INPUT", "SYMBOLIC", "LeafTracer", "register_leaf_module", "trace", "trace_model"]
+__all__ = [
+    "EXAMPLE_INPUT", "SYMBOLIC", "LeafTracer", "SymbolicTraceError", "Traced", "explain_fx_failure",
+    "register_leaf_module", "trace", "trace_model",
+]  # fmt: skip
 _MISSING = object()
 
 
-def trace(model: nn.Module, leaf_modules: Iterable[type] = ()) -> fx.Graph:
+class SymbolicTraceError(TraceError):
+    """torch.fx could not trace a model symbolically; ``reason`` says why in plain words, ``fix`` what to do."""
+
+    def __init__(self, message: str, reason: str, fix: str):
+        super().__init__(message)
+        self.reason, self.fix = reason, fix
+
+
+def trace(model: nn.Module, leaf_modules: Iterable[type] = (), free: Iterable[str] = ()) -> fx.Graph:
     """Trace ``model`` into an fx graph without running it.
 
     Args:
         model: any ``nn.Module``.
         leaf_modules: extra module types not to trace into.
+        free: ``forward`` arguments with a default of ``None`` to trace as inputs (placeholders)
+            instead of fixing them to their default.
 
     Raises:
-        TraceError: naming the module fx could not trace and how to fix it.
+        SymbolicTraceError: naming the module fx could not trace, why, and how to fix it.
     """
     tracer = LeafTracer(leaf_modules)
+    fixed = {k: v for k, v in (_default_arguments(model) or {}).items() if k not in set(free)}
     try:
-        return tracer.trace(model, concrete_args=_default_arguments(model))
+        return tracer.trace(model, concrete_args=fixed or None)
     except Exception as err:
         where = tracer.failed_module
         if where:
             module = model.get_submodule(where)
             kind = f"{type(module).__module__}.{type(module).__qualname__}"
-            raise TraceError(
-                f"torch.fx could not trace module '{where}' ({kind}): {err}\n"
-                f"Fix: keep it as a leaf, e.g. ghninit.initialize(model, ..., leaf_modules=[{kind}]) "
+            reason = f"in module '{where}' ({kind}), {explain_fx_failure(module, err)}"
+            fix = (
+                f"keep it as a leaf, e.g. ghninit.initialize(model, ..., leaf_modules=[{kind}]) "
                 f"or ghninit.register_leaf_module({kind}); its parameters then keep their own "
                 "initialisation unless a rule is registered with ghninit.graph.primitives.register_module."
-            ) from err
-        raise TraceError(
-            f"torch.fx could not trace the forward of {type(model).__name__}: {err}\n"
-            "Fix: move data-dependent control flow into a submodule and pass its type in "
-            "leaf_modules, or register a rule for it in ghninit.graph.primitives."
+            )
+        else:
+            reason = explain_fx_failure(model, err)
+            fix = (
+                "move data-dependent control flow into a submodule and pass its type in leaf_modules, "
+                "or register a rule for it in ghninit.graph.primitives."
+            )
+        alone = fix if where else f"pass example_inputs= to trace by running the model, or {fix}"
+        raise SymbolicTraceError(
+            f"torch.fx could not trace {type(model).__name__} symbolically: {reason}\nFix: {alone}", reason, fix
         ) from err
+
+
+def explain_fx_failure(module: nn.Module, err: BaseException) -> str:
+    """What torch.fx could not do in ``module``'s forward, in plain words, with fx's own message last."""
+    raw = f"{type(err).__name__}: {err}".strip()
+    text = str(err)
+    forward = type(module).forward
+    code = getattr(forward, "__code__", None)
+    variadic = code is not None and bool(code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
+    if hasattr(forward, "__wrapped__") and variadic:
+        wrapper = f"{getattr(code, 'co_qualname', code.co_name)} in {code.co_filename.rpartition('/')[2]}"
+        plain = (
+            f"its forward is wrapped by a decorator taking (*args, **kwargs) ({wrapper}); fx can only make "
+            "inputs for named arguments, so the decorator's code ran on fx's stand-ins instead of the real arguments"
+        )
+    elif "co_varnames" in text or (variadic and "kwargs" in text):
+        plain = "its forward takes *args or **kwargs, which fx cannot turn into inputs"
+    elif "cannot be used as inputs to control flow" in text:
+        plain = (
+            "its forward branches on a value computed from the input (an if/while on a tensor); fx records "
+            "operations without running them, so it has no value to branch on"
+        )
+    elif "cannot be iterated" in text or "has no len" in text or "len(" in text:
+        plain = "its forward iterates over, or takes len() of, a value computed from the input, which fx does not run"
+    elif "Proxy" in text or "proxy" in text:
+        plain = (
+            "its forward passes a value computed from the input to code that needs a real tensor or "
+            "number (an int(), a shape check, a C++ function); fx has only stand-ins"
+        )
+    else:
+        plain = "its forward failed on fx's stand-in values"
+    return f"{plain} (torch.fx: {raw[:300]})"
 
 
 SYMBOLIC = "symbolic"
 EXAMPLE_INPUT = "example input"
+logger = logging.getLogger("ghninit")
 
 
-def trace_model(
-    model: nn.Module, leaf_modules: Iterable[type] = (), example_inputs: Any = None
-) -> tuple[fx.Graph, str]:
-    """The fx graph of ``model`` and how it was obtained (:data:`SYMBOLIC` or :data:`EXAMPLE_INPUT`).
+class Traced(NamedTuple):
+    """An fx graph, how it was traced (:data:`SYMBOLIC` or :data:`EXAMPLE_INPUT`), and the inputs it was
+    traced with when ghninit chose them (``None`` when they were given or are the model's first argument alone)."""
+
+    graph: fx.Graph
+    tracing: str
+    inputs: str | None = None
+
+
+def trace_model(model: nn.Module, leaf_modules: Iterable[type] = (), example_inputs: Any = None) -> Traced:
+    """The fx graph of ``model``, how it was obtained and, when inferred, what it was traced with.
 
     Without ``example_inputs``, symbolic tracing first; when it fails, tracing with an inferred
-    example input (:func:`~ghninit.graph.example_inputs.infer_example_inputs`). With
-    ``example_inputs``, tracing with them. The example run happens in the model's mode, then in
-    eval mode if that fails (a detector in training mode wants targets); the model's modes,
-    buffers (BatchNorm statistics) and the random number generators are left as they were.
+    example input (:func:`~ghninit.graph.example_inputs.example_input_candidates`, the first the
+    model accepts). Either way every input of ``forward`` is sought
+    (:mod:`~ghninit.graph.every_input`): a ``None``-default argument that reaches parameters the
+    others leave out is traced as an input too, a required one is guessed, and one that cannot be
+    is named in a warning with the parameters left out. With ``example_inputs``, tracing with
+    them. The example run happens in the model's mode, then in eval mode if that fails (a detector
+    in training mode wants targets); the model's modes, buffers (BatchNorm statistics) and the
+    random number generators are left as they were.
 
     Raises:
-        TraceError: when neither way works, with both reasons and how to fix it.
+        TraceError: when neither way works, with both reasons (fx's in plain words), what was
+            tried, and how to fix it.
     """
     with tracing():  # one trace at a time; the model's state is put back before another thread may trace it
         return _trace_model(model, tuple(leaf_modules), example_inputs)
 
 
-def _trace_model(model: nn.Module, leaf_modules: tuple[type, ...], example_inputs: Any) -> tuple[fx.Graph, str]:
-    symbolic_error: TraceError | None = None
-    inferred = example_inputs is None
-    if inferred:
-        attributes = _attributes(model)
+def _trace_model(model: nn.Module, leaf_modules: tuple[type, ...], example_inputs: Any) -> Traced:
+    from . import every_input
+
+    if example_inputs is not None:
+        normalize_inputs(model, example_inputs)  # wrong names or counts: a TypeError now, not after two runs
+        return Traced(trace_example(model, example_inputs, leaf_modules), EXAMPLE_INPUT)
+    attributes = _attributes(model)
+    try:
+        graph = trace(model, leaf_modules)
+    except SymbolicTraceError as err:
+        symbolic_error = err
+        _restore_attributes(attributes)  # a failed trace may have cached proxies on modules
+    else:
+        return every_input.complete_symbolic(model, leaf_modules, graph)
+    candidates = example_input_candidates(model)
+    name = type(model).__name__
+    head = f"torch.fx could not trace {name} symbolically: {symbolic_error.reason}\nNext, tracing with an example input"
+    if not candidates:
+        raise TraceError(f"{head}: none could be inferred. {cannot_guess_message(model)}") from symbolic_error
+    tried = []
+    for inputs, described in candidates:
         try:
-            return trace(model, leaf_modules), SYMBOLIC
-        except TraceError as err:
-            symbolic_error = err
-            _restore_attributes(attributes)  # a failed trace may have cached proxies on modules
-        try:
-            example_inputs = infer_example_inputs(model)
-        except TraceError as err:
-            raise TraceError(f"{symbolic_error}\nTracing with an example input instead: {err}") from symbolic_error
-    normalize_inputs(model, example_inputs)  # wrong names or counts: a TypeError now, not after two runs
+            traced = every_input.complete_example(model, leaf_modules, inputs, described)
+        except ExampleTraceError as err:
+            tried.append(f"{err.described or described}:\n    " + "\n    ".join(err.errors))
+            continue
+        logger.info("%s; traced with an example input instead: %s", head.replace("\nNext, ", " "), traced.inputs)
+        return traced
+    reasons = "\n  ".join(tried)
+    raise TraceError(
+        f"{head} inferred from the model. Tracing {name} with an example input failed too, on each one tried:\n"
+        f"  {reasons}\n"
+        "Fix: pass example_inputs= that the model's forward accepts (a tuple of positional arguments, "
+        f"a dict of keyword arguments or one tensor); or {symbolic_error.fix}"
+    ) from symbolic_error
+
+
+class ExampleTraceError(TraceError):
+    """Tracing with an example input failed; ``errors`` has one line per mode tried."""
+
+    def __init__(self, errors: list[str], described: str | None = None):
+        super().__init__("\n".join(errors))
+        self.errors, self.described = errors, described
+
+
+def trace_example(
+    model: nn.Module,
+    example_inputs: Any,
+    leaf_modules: tuple[type, ...],
+    inferred: bool = False,
+    ways: list[tuple[bool, bool]] | None = None,
+) -> fx.Graph:
+    """The fx graph of ``model`` run on ``example_inputs``, in its mode and then in eval mode, on meta first.
+
+    ``ways`` lists the ``(eval mode, on meta)`` runs to try; by default all that may work. The graph
+    remembers the one that worked (``graph._ghninit_way``): trials of more inputs take only that one.
+
+    Raises:
+        ExampleTraceError: with one line per mode, when no way works.
+    """
     context = small_detection_inputs(model) if inferred else contextlib.nullcontext()
     errors = []
     already_meta = any(p.device.type == "meta" for p in model.parameters())
     # torchvision's detectors want targets in training mode and real numbers for their box selection
     detector = is_torchvision_detector(model)
+    if ways is None:
+        ways = [
+            (eval_mode, on_meta)
+            for eval_mode in ((False, True) if model.training and not detector else (True,))
+            for on_meta in ((False,) if already_meta or detector else (True, False))  # meta first: no arithmetic
+        ]
     with context:
-        for eval_mode in (False, True) if model.training and not detector else (True,):
-            for on_meta in (False,) if already_meta or detector else (True, False):  # meta first: no arithmetic
-                with _state_kept(model):
-                    if eval_mode:
-                        model.eval()
-                    try:
-                        graph = trace_with_inputs(model, example_inputs, leaf_modules, on_meta=on_meta)
-                        return graph, EXAMPLE_INPUT
-                    except Exception as err:  # any failure of the model's own code on the example
-                        if not on_meta:
-                            mode = "eval" if eval_mode else "training"
-                            errors.append(f"{mode} mode: {type(err).__name__}: {err}")
-    reasons = "\n  ".join(errors)
-    before = f"{symbolic_error}\n" if symbolic_error else ""
-    raise TraceError(
-        f"{before}Tracing {type(model).__name__} with an example input failed too:\n  {reasons}\n"
-        "Fix: pass example_inputs= that the model's forward accepts (a tuple of positional arguments, "
-        "a dict of keyword arguments or one tensor), or keep the failing module as a leaf with leaf_modules=."
-    )
+        for i, (eval_mode, on_meta) in enumerate(ways):
+            with _state_kept(model):
+                if eval_mode:
+                    model.eval()
+                try:
+                    graph = trace_with_inputs(model, example_inputs, leaf_modules, on_meta=on_meta)
+                    graph._ghninit_way = (eval_mode, on_meta)  # how it worked, for trials of more inputs
+                    return graph
+                except Exception as err:  # any failure of the model's own code on the example
+                    if not on_meta or i == len(ways) - 1:
+                        mode = "eval" if eval_mode else "training"
+                        errors.append(f"{mode} mode: {type(err).__name__}: {err}")
+    if not inferred:
+        raise TraceError(
+            f"Tracing {type(model).__name__} with the example input failed:\n  " + "\n  ".join(errors) + "\n"
+            "Fix: pass example_inputs= that the model's forward accepts (a tuple of positional arguments, "
+            "a dict of keyword arguments or one tensor), or keep the failing module as a leaf with leaf_modules=."
+        )
+    raise ExampleTraceError(errors)
 
 
 @contextlib.contextmanager
