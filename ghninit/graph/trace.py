@@ -88,7 +88,13 @@ def trace(model: nn.Module, leaf_modules: Iterable[type] = (), free: Iterable[st
 
 
 def explain_fx_failure(module: nn.Module, err: BaseException) -> str:
-    """What torch.fx could not do in ``module``'s forward, in plain words, with fx's own message last."""
+    """What torch.fx could not do in ``module``'s forward, in plain words, with fx's own message last.
+
+    ghninit's own :class:`TraceError` (raised by its tracer, already in plain words with a fix) is
+    passed through whole.
+    """
+    if isinstance(err, TraceError):
+        return str(err)
     raw = f"{type(err).__name__}: {err}".strip()
     text = str(err)
     forward = type(module).forward
