@@ -11,6 +11,7 @@ initialised that way. For comparison, the same GHN's own ``Conv2d`` (k, k) kerne
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -22,7 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ghninit  # noqa: E402
 from ghninit.write.tensors import tile  # noqa: E402
 
-LAYERS = [(1, 64, 10), (64, 64, 3), (64, 64, 3), (64, 128, 5), (128, 128, 7), (128, 128, 2), (128, 256, 9), (256, 256, 15)]
+LAYERS = [
+    (1, 64, 10),
+    (64, 64, 3),
+    (64, 64, 3),
+    (64, 128, 5),
+    (128, 128, 7),
+    (128, 128, 2),
+    (128, 256, 9),
+    (256, 256, 15),
+]
 
 
 def _stack(conv: type) -> nn.Sequential:
@@ -35,6 +45,7 @@ def _choices(block: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.manual_seed(0)
     ghn = ghninit.load_ghn("cifar10-mini")
     net = _stack(nn.Conv1d)
@@ -56,7 +67,10 @@ def main() -> None:
         print(f"{choice}: std / He {min(ratios[choice]):.2f}-{max(ratios[choice]):.2f}; stack output rms {rms:.3g}")
     net2 = _stack(nn.Conv2d)
     predicted = ghn(ghn.build_graph(net2), True)
-    spread = [predicted[n].std().item() / math.sqrt(2 / (i * k * k)) for (n, _), (i, _, k) in zip(net2.named_parameters(), LAYERS)]
+    spread = [
+        predicted[n].std().item() / math.sqrt(2 / (i * k * k))
+        for (n, _), (i, _, k) in zip(net2.named_parameters(), LAYERS)
+    ]
     print(f"the GHN's own Conv2d kernels: std / He {min(spread):.2f}-{max(spread):.2f}")
 
 

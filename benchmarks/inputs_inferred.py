@@ -11,6 +11,7 @@ was traced, and what inputs were inferred (or the error). ``--open-clip`` adds o
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import warnings
@@ -36,21 +37,27 @@ def hf_models() -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
 
     yield "BertModel (text)", lambda: T.BertModel(T.BertConfig(vocab_size=500, **_TINY))
     yield "RobertaModel (text)", lambda: T.RobertaModel(T.RobertaConfig(vocab_size=500, **_TINY))
-    yield "DistilBertModel (text)", lambda: T.DistilBertModel(
-        T.DistilBertConfig(vocab_size=500, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    yield (
+        "DistilBertModel (text)",
+        lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=500, dim=32, n_layers=2, n_heads=2, hidden_dim=64)),
     )
-    yield "GPT2Model (text)", lambda: T.GPT2Model(
-        T.GPT2Config(vocab_size=500, n_embd=32, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=2)
+    yield (
+        "GPT2Model (text)",
+        lambda: T.GPT2Model(
+            T.GPT2Config(vocab_size=500, n_embd=32, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=2)
+        ),
     )
-    yield "T5Model (text, encoder-decoder)", lambda: T.T5Model(
-        T.T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2)
+    yield (
+        "T5Model (text, encoder-decoder)",
+        lambda: T.T5Model(T.T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2)),
     )
     yield "BartModel (text, encoder-decoder)", lambda: T.BartModel(T.BartConfig(vocab_size=500, **_SEQ2SEQ, **_TOKENS))
     yield "Wav2Vec2Model (audio)", lambda: T.Wav2Vec2Model(T.Wav2Vec2Config(**_CONV, **_TINY))
     yield "HubertModel (audio)", lambda: T.HubertModel(T.HubertConfig(**_CONV, **_TINY))
     yield "WavLMModel (audio)", lambda: T.WavLMModel(T.WavLMConfig(**_CONV, **_TINY))
-    yield "ASTModel (audio spectrogram)", lambda: T.ASTModel(
-        T.ASTConfig(num_mel_bins=16, max_length=64, patch_size=8, **_TINY)
+    yield (
+        "ASTModel (audio spectrogram)",
+        lambda: T.ASTModel(T.ASTConfig(num_mel_bins=16, max_length=64, patch_size=8, **_TINY)),
     )
     yield "WhisperModel (audio, encoder-decoder)", lambda: T.WhisperModel(
         T.WhisperConfig(
@@ -59,23 +66,30 @@ def hf_models() -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
             suppress_tokens=None,
         )
     )  # fmt: skip
-    yield "Speech2TextModel (audio, encoder-decoder)", lambda: T.Speech2TextModel(
-        T.Speech2TextConfig(vocab_size=500, input_feat_per_channel=16, conv_channels=32, **_SEQ2SEQ, **_TOKENS)
+    yield (
+        "Speech2TextModel (audio, encoder-decoder)",
+        lambda: T.Speech2TextModel(
+            T.Speech2TextConfig(vocab_size=500, input_feat_per_channel=16, conv_channels=32, **_SEQ2SEQ, **_TOKENS)
+        ),
     )
-    yield "VideoMAEModel (video)", lambda: T.VideoMAEModel(
-        T.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, **_TINY)
+    yield (
+        "VideoMAEModel (video)",
+        lambda: T.VideoMAEModel(T.VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, **_TINY)),
     )
-    yield "TimesformerModel (video)", lambda: T.TimesformerModel(
-        T.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, **_TINY)
+    yield (
+        "TimesformerModel (video)",
+        lambda: T.TimesformerModel(T.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, **_TINY)),
     )
-    yield "VivitModel (video)", lambda: T.VivitModel(
-        T.VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], **_TINY)
+    yield (
+        "VivitModel (video)",
+        lambda: T.VivitModel(T.VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], **_TINY)),
     )
     yield "ViTModel (image)", lambda: T.ViTModel(T.ViTConfig(image_size=32, patch_size=8, **_TINY))
     text = dict(vocab_size=500, **_TINY)
     vision = dict(image_size=32, patch_size=8, **_TINY)
-    yield "CLIPModel (image + text)", lambda: T.CLIPModel(
-        T.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    yield (
+        "CLIPModel (image + text)",
+        lambda: T.CLIPModel(T.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)),
     )
 
 
@@ -88,8 +102,12 @@ def open_clip_models() -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
 
 
 def main(argv: list[str]) -> None:
-    names = [a for a in argv if not a.startswith("--")]
-    makers = list(hf_models()) + (list(open_clip_models()) if "--open-clip" in argv else [])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="only models whose name contains one of these")
+    parser.add_argument("--open-clip", action="store_true", help="add open_clip's CLIP models (needs open_clip_torch)")
+    args = parser.parse_args(argv)
+    names = args.names
+    makers = list(hf_models()) + (list(open_clip_models()) if args.open_clip else [])
     print("| model | % predicted | tracing | seconds | inputs inferred or error |\n|---|---:|---|---:|---|")
     for name, make in makers:
         if names and not any(n in name for n in names):

@@ -13,6 +13,7 @@ With ``PYTHONPATH`` pointing at an older checkout, the same script measures that
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import warnings
@@ -79,6 +80,9 @@ def measure(label: str, model: nn.Module, example) -> None:
 
 
 def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="labels of the models to measure (default: all)")
+    argv = parser.parse_args(argv).models
     torch.manual_seed(0)
     models = _models()
     for label in argv or list(models):

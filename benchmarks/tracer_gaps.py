@@ -15,6 +15,7 @@ measured only where those packages are installed (``pip install --no-deps monai 
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 import warnings
@@ -105,6 +106,7 @@ def _row(name: str, build) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     warnings.simplefilter("ignore")
     import logging
 
