@@ -51,6 +51,32 @@ def hf_models() -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
         "T5Model (text, encoder-decoder)",
         lambda: T.T5Model(T.T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2)),
     )
+    yield (
+        "LlamaForCausalLM (text)",
+        lambda: T.LlamaForCausalLM(
+            T.LlamaConfig(
+                vocab_size=500,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+            )
+        ),
+    )
+    yield (
+        "Qwen2Model (text)",
+        lambda: T.Qwen2Model(
+            T.Qwen2Config(
+                vocab_size=500,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+            )
+        ),
+    )
     yield "BartModel (text, encoder-decoder)", lambda: T.BartModel(T.BartConfig(vocab_size=500, **_SEQ2SEQ, **_TOKENS))
     yield "Wav2Vec2Model (audio)", lambda: T.Wav2Vec2Model(T.Wav2Vec2Config(**_CONV, **_TINY))
     yield "HubertModel (audio)", lambda: T.HubertModel(T.HubertConfig(**_CONV, **_TINY))
