@@ -64,11 +64,14 @@ def chain(blocks: int) -> nn.Sequential:
     return nn.Sequential(*[m for _ in range(blocks) for m in (nn.Linear(8, 8), nn.ReLU())], nn.Linear(8, 10))
 
 
-def run(ghn, device: torch.device, repeat: int) -> dict:
+SECTIONS = ("postprocess", "example_inputs", "chain")
+
+
+def run(ghn, device: torch.device, repeat: int, sections: tuple[str, ...] = SECTIONS) -> dict:
     out: dict = {"postprocess": [], "example_inputs": [], "chain": []}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in POSTPROCESS_MODELS:
+        for name in POSTPROCESS_MODELS if "postprocess" in sections else ():
             model = getattr(torchvision.models, name)().to(device)
             plain, _ = median_seconds(partial(ghninit.initialize, model, ghn=ghn), repeat, device)
             orth, report = median_seconds(
@@ -84,7 +87,7 @@ def run(ghn, device: torch.device, repeat: int) -> dict:
                 }
             )
             print(out["postprocess"][-1], flush=True)
-        for name in EXAMPLE_INPUT_MODELS:
+        for name in EXAMPLE_INPUT_MODELS if "example_inputs" in sections else ():
             model = getattr(torchvision.models, name)().to(device)
             x = torch.randn(1, 3, 224, 224, device=device)
             plain, symbolic = median_seconds(partial(ghninit.initialize, model, ghn=ghn), repeat, device)
@@ -102,7 +105,7 @@ def run(ghn, device: torch.device, repeat: int) -> dict:
                 }
             )
             print(out["example_inputs"][-1], flush=True)
-        for blocks in CHAIN_BLOCKS:
+        for blocks in CHAIN_BLOCKS if "chain" in sections else ():
             model = chain(blocks).to(device)
             seconds, report = median_seconds(partial(ghninit.initialize, model, ghn=ghn), repeat, device)
             gc.disable()  # attribution only: ghninit never changes the process's GC settings itself
@@ -123,6 +126,8 @@ def run(ghn, device: torch.device, repeat: int) -> dict:
             )
             print(out["chain"][-1], flush=True)
     rows = {row["nodes"]: row for row in out["chain"]}
+    if not rows:
+        return out
     small = rows[min(rows, key=lambda n: abs(n - 400))]
     large = rows[min(rows, key=lambda n: abs(n - 4000))]
     out["chain_ratio"] = {
@@ -162,13 +167,17 @@ def markdown(result: dict) -> str:
             f"| {row['blocks']} blocks | {row['nodes']:,} | {row['seconds']:.2f} | {row['ms_per_node']:.3f} "
             f"| {row['ms_per_node_gc_off']:.3f} |"
         )
-    c = result["chain_ratio"]
-    lines += [
-        "",
-        f"Per-node time at {c['large_nodes']:,} nodes / at {c['small_nodes']:,} nodes: "
-        f"**{c['ratio']:.2f}x** (goal <= 1.5x); with Python's garbage collector off during the calls "
-        f"{c['ratio_gc_off']:.2f}x.",
-    ]
+    c = result.get("chain_ratio")
+    lines += (
+        []
+        if c is None
+        else [
+            "",
+            f"Per-node time at {c['large_nodes']:,} nodes / at {c['small_nodes']:,} nodes: "
+            f"**{c['ratio']:.2f}x** (goal <= 1.5x); with Python's garbage collector off during the calls "
+            f"{c['ratio_gc_off']:.2f}x.",
+        ]
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (models and GHN there)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--repeat", type=int, default=3, help="timed calls per measurement (default: 3)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="measure only these")
     parser.add_argument("--out", default="benchmarks/path_speed", help="output path without suffix")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    result.update(run(ghn, device, args.repeat))
+    result.update(run(ghn, device, args.repeat, tuple(args.only)))
     Path(f"{args.out}.json").write_text(json.dumps(result, indent=1))
     Path(f"{args.out}.md").write_text(markdown(result))
     print(markdown(result))
