@@ -31,6 +31,16 @@ _CONV = dict(conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_con
 _CONV.update(num_conv_pos_embedding_groups=2)
 
 
+_DECODER = dict(
+    vocab_size=500,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
+
+
 def hf_models() -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
     """(name, maker) of tiny Hugging Face models: text, audio, video, image, image + text."""
     import transformers as T
@@ -51,32 +61,8 @@ def hf_models() -> Iterator[tuple[str, Callable[[], torch.nn.Module]]]:
         "T5Model (text, encoder-decoder)",
         lambda: T.T5Model(T.T5Config(vocab_size=500, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2)),
     )
-    yield (
-        "LlamaForCausalLM (text)",
-        lambda: T.LlamaForCausalLM(
-            T.LlamaConfig(
-                vocab_size=500,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-            )
-        ),
-    )
-    yield (
-        "Qwen2Model (text)",
-        lambda: T.Qwen2Model(
-            T.Qwen2Config(
-                vocab_size=500,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-            )
-        ),
-    )
+    yield "LlamaForCausalLM (text)", lambda: T.LlamaForCausalLM(T.LlamaConfig(**_DECODER))
+    yield "Qwen2Model (text)", lambda: T.Qwen2Model(T.Qwen2Config(**_DECODER))
     yield "BartModel (text, encoder-decoder)", lambda: T.BartModel(T.BartConfig(vocab_size=500, **_SEQ2SEQ, **_TOKENS))
     yield "Wav2Vec2Model (audio)", lambda: T.Wav2Vec2Model(T.Wav2Vec2Config(**_CONV, **_TINY))
     yield "HubertModel (audio)", lambda: T.HubertModel(T.HubertConfig(**_CONV, **_TINY))

@@ -22,3 +22,15 @@ def reference_file(name: str) -> Path:
         if (folder / name).exists():
             return folder / name
     pytest.skip(f"fixture {name} is neither in {LOCAL_FIXTURES} nor in {REFERENCE_DIR}")
+
+
+def init_quietly(model, ghn, **kwargs):
+    """``ghninit.initialize`` with its UserWarnings (the low-coverage one) silenced: tests of those
+    warnings check them on their own."""
+    import warnings
+
+    import ghninit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return ghninit.initialize(model, ghn=ghn, **kwargs)

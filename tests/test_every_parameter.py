@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import LOCAL_FIXTURES
+from conftest import LOCAL_FIXTURES, init_quietly
 from torch.nn.utils import parametrizations, parametrize
 
 import ghninit
@@ -31,10 +31,7 @@ def ghn():
     return ghninit.load_ghn(GHN_PATH)
 
 
-def _init(model: nn.Module, ghn, **kwargs) -> ghninit.Report:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # low-coverage warnings have their own tests
-        return ghninit.initialize(model, ghn=ghn, **kwargs)
+_init = init_quietly
 
 
 def _predicted(ghn, model: nn.Module) -> dict[str, torch.Tensor]:

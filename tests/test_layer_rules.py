@@ -7,13 +7,11 @@ is a test dependency), and the random-weight CIFAR-10 GHN-2 of tests/fixtures.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import LOCAL_FIXTURES
+from conftest import LOCAL_FIXTURES, init_quietly
 
 import ghninit
 from ghninit.graph.build import GHN3_RULES, NOT_USED, build_graph
@@ -28,10 +26,7 @@ def ghn():
     return ghninit.load_ghn(GHN_PATH)
 
 
-def _init(model: nn.Module, ghn, **kwargs) -> ghninit.Report:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the low-coverage warning has its own test
-        return ghninit.initialize(model, ghn=ghn, **kwargs)
+_init = init_quietly
 
 
 def _described(graph) -> list[tuple]:
