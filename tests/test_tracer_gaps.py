@@ -24,7 +24,8 @@ from ghninit.errors import TraceError
 from ghninit.graph import patches
 from ghninit.graph.build import GHN2_RULES, GHN3_RULES, build_graph
 from ghninit.graph.concrete import trace_with_inputs
-from ghninit.graph.trace import trace, trace_model
+from ghninit.graph.trace import trace
+from ghninit.graph.trace_model import trace_model
 from ghninit.graph.traced_numbers import TracedInt
 
 GHN_FILE = LOCAL_FIXTURES / "ghn2_cifar10_random.safetensors"

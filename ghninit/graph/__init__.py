@@ -2,7 +2,7 @@
 
 :mod:`~ghninit.graph.trace` turns a model into an fx graph of leaf modules and functions
 symbolically, :mod:`~ghninit.graph.concrete` by running it on an example input where that fails
-(:mod:`~ghninit.graph.example_inputs` infers one; ``trace.trace_model`` chooses), with the
+(:mod:`~ghninit.graph.example_inputs` infers one; ``trace_model.trace_model`` chooses), with the
 process-wide patches of both confined to the tracing thread by :mod:`~ghninit.graph.patches`;
 :mod:`~ghninit.graph.primitives` maps each leaf to the GHN's 15 primitives (with
 :mod:`~ghninit.graph.timm_rules` for timm's own layers); :mod:`~ghninit.graph.build` assembles the

@@ -63,7 +63,8 @@ from .primitives import (
     without_unweighted_attention,
 )
 from .structure import GHN2_RULES, GHN3_RULES, Graph, GraphRules, Node, _is_param
-from .trace import TraceError, trace_model
+from .trace import TraceError
+from .trace_model import trace_model
 
 __all__ = [
     "GHN2_RULES", "GHN3_RULES", "VIRTUAL_EDGE_CUTOFF", "Graph", "GraphRules", "Node", "build_graph", "count_parameters",
@@ -349,7 +350,7 @@ def build_graph(
 
     Args:
         model: any ``nn.Module``; traced symbolically, or with an example input where that fails
-            (see :func:`ghninit.graph.trace.trace_model`).
+            (see :func:`ghninit.graph.trace_model.trace_model`).
         leaf_modules: extra module types to keep as leaves.
         virtual_edge_cutoff: longest shortest-path turned into a virtual edge (1 disables them).
         rules: :data:`GHN2_RULES` (default) or :data:`GHN3_RULES`.

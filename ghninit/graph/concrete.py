@@ -9,7 +9,7 @@ the control flow that depends on values (detectors' box selection, shape checks 
 follows the example. Everything symbolic tracing records is recorded the same way, by the same
 leaf decisions, so for a model both can trace the fx graph, and so the GHN graph, is the same.
 Values may live on the ``meta`` device (no memory); ops that need real numbers then fail.
-:func:`~ghninit.graph.trace.trace_model` chooses between the two ways (it moved there from this module).
+:func:`~ghninit.graph.trace_model.trace_model` chooses between the two ways (it moved there from this module).
 """
 
 from __future__ import annotations
