@@ -89,11 +89,20 @@ def _sharded_rank(rank: int, world: int, init: str, args: argparse.Namespace) ->
         "mode": "sharded, rank 0 computes and scatters" if args.scatter else "sharded, every rank computes",
         "rank": rank,
         "world": world,
+        **_measured(args, report, largest, before, seconds),
+        "local_shard_mb": local_bytes / 2**20,
+    }
+    print(json.dumps(row), flush=True)
+    dist.destroy_process_group()
+
+
+def _measured(args: argparse.Namespace, report, largest: int, before: float, seconds: float) -> dict:
+    """The fields a sharded and an unsharded run both report."""
+    return {
         "model": args.model,
         "params": report.n_params_total,
         "predicted": report.n_params_predicted,
         "model_mb": report.n_params_total * 4 / 2**20,
-        "local_shard_mb": local_bytes / 2**20,
         "largest_tensor_mb": largest / 2**20,
         "rss_before_mb": before,
         "peak_rss_mb": _peak_mb(),
@@ -101,8 +110,6 @@ def _sharded_rank(rank: int, world: int, init: str, args: argparse.Namespace) ->
         "stages_s": report.seconds,
         "postprocess": args.postprocess,
     }
-    print(json.dumps(row), flush=True)
-    dist.destroy_process_group()
 
 
 def _unsharded(args: argparse.Namespace) -> None:
@@ -115,19 +122,8 @@ def _unsharded(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     report = ghninit.initialize(model, dataset=args.dataset, device="cpu", postprocess=args.postprocess)
     seconds = time.perf_counter() - start
-    row = {
-        "mode": "unsharded",
-        "model": args.model,
-        "params": report.n_params_total,
-        "predicted": report.n_params_predicted,
-        "model_mb": report.n_params_total * 4 / 2**20,
-        "largest_tensor_mb": max(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
-        "rss_before_mb": before,
-        "peak_rss_mb": _peak_mb(),
-        "initialize_s": seconds,
-        "stages_s": report.seconds,
-        "postprocess": args.postprocess,
-    }
+    largest = max(p.numel() * p.element_size() for p in model.parameters())
+    row = {"mode": "unsharded", **_measured(args, report, largest, before, seconds)}
     print(json.dumps(row), flush=True)
 
 

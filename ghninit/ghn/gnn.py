@@ -34,12 +34,13 @@ class SweepPlan:
     """Per-sweep node order, level boundaries and the incoming edges of each level of one graph.
 
     Edges are kept as lists (no n x n matrix), so memory and time grow with the edge count. For
-    each level: the sending row in the stacked message buffer (``stream * n + rank``), the
-    receiving row within the level, and the edge weight (1 for real edges; ``1 / distance`` for
-    the virtual-edge stream, which also carries the real edges at distance 1).
+    each level, :attr:`incoming` holds the sending row in the stacked message buffer
+    (``stream * n + rank``), the receiving row within the level, and the edge weight. Without
+    virtual edges there is one stream (real edges, weight 1); with them (``virtual``) stream 0 reads
+    the real edges and stream 1 every edge weighted by ``1 / distance`` (real ones at distance 1).
     """
 
-    def __init__(self, n: int, edges: np.ndarray, levels: list[np.ndarray], reverse: bool, device):
+    def __init__(self, n: int, edges: np.ndarray, levels: list[np.ndarray], reverse: bool, device, virtual: bool):
         order = np.concatenate(levels) if levels else np.zeros(0, dtype=np.int64)
         self.n = n
         self.order = torch.as_tensor(order, device=device)
@@ -51,12 +52,12 @@ class SweepPlan:
         edges = np.asarray(edges).reshape(-1, 3)
         recv, send = (edges[:, 0], edges[:, 1]) if reverse else (edges[:, 1], edges[:, 0])
         real = edges[:, 2] == 1
-        self.real = self._per_level(rank[recv[real]], rank[send[real]], np.ones(int(real.sum())), device)
-        # Stream 0 (mlp) reads real edges, stream 1 (mlp_ve) every edge weighted by 1 / distance.
-        both_recv = np.concatenate([rank[recv[real]], rank[recv]])
-        both_send = np.concatenate([rank[send[real]], n + rank[send]])
-        both_weight = np.concatenate([np.ones(int(real.sum())), 1.0 / edges[:, 2]])
-        self.both = self._per_level(both_recv, both_send, both_weight, device)
+        recv_, send_, weight = rank[recv[real]], rank[send[real]], np.ones(int(real.sum()))
+        if virtual:
+            recv_ = np.concatenate([recv_, rank[recv]])
+            send_ = np.concatenate([send_, n + rank[send]])
+            weight = np.concatenate([weight, 1.0 / edges[:, 2]])
+        self.incoming = self._per_level(recv_, send_, weight, device)
 
     def _per_level(self, recv: np.ndarray, send: np.ndarray, weight: np.ndarray, device) -> list:
         """(receiving row in level, sending row, weight) tensors for each level; None if no edge.
@@ -98,13 +99,12 @@ class GatedGNN(nn.Module):
         message = self._message_fn()
         gru = (self.gru.weight_ih, self.gru.weight_hh, self.gru.bias_ih, self.gru.bias_hh)
         streams = 2 if self.ve else 1
-        incoming = plan.both if self.ve else plan.real
         # Messages sent by every node so far, the (mlp, mlp_ve) streams stacked as rows
         # stream * n + rank. A level only reads rows of earlier levels, and gathering saves no
         # values for backward, so each level's rows can be written in place (autograd-safe).
         sent = x.new_zeros(streams * n, hid)
         states = []
-        for (start, end), edges in zip(zip(plan.bounds[:-1], plan.bounds[1:]), incoming):
+        for (start, end), edges in zip(zip(plan.bounds[:-1], plan.bounds[1:]), plan.incoming):
             m = x.new_zeros(end - start, hid)
             if edges is not None:
                 recv, send, weight = edges

@@ -107,12 +107,13 @@ class GHN2(
 
     def _plans(self, graph: Graph) -> tuple[SweepPlan, SweepPlan]:
         cache = graph.__dict__.setdefault("_sweep_plans", {})
-        key = str(self.device)
+        ve = self.gnn.ve
+        key = (str(self.device), ve)  # a graph may be predicted by GHNs with and without virtual edges
         if key not in cache:
             n = len(graph.nodes)
             cache[key] = (
-                SweepPlan(n, graph.edges, graph.depth_levels(), False, self.device),
-                SweepPlan(n, graph.edges, graph.depth_levels(reverse=True), True, self.device),
+                SweepPlan(n, graph.edges, graph.depth_levels(), False, self.device, ve),
+                SweepPlan(n, graph.edges, graph.depth_levels(reverse=True), True, self.device, ve),
             )
         return cache[key]
 

@@ -92,9 +92,10 @@ def _meta_key(kind: str, target: Any, args: tuple, kwargs: dict, root: nn.Module
     if inputs is None:
         return None
     try:
-        return hash((op, inputs)) and (op, inputs)
-    except TypeError:
+        hash((op, inputs))
+    except TypeError:  # an unhashable constant (a configuration holding a list)
         return None
+    return op, inputs
 
 
 def _fresh_meta(value: Any) -> Any:
